@@ -1,0 +1,1 @@
+"""Data sources, phantom generator, splits, robust image reading and the decode cache."""
