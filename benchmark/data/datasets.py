@@ -1,0 +1,131 @@
+"""Dataset presets (configs/datasets.toml) and folders turned into labelled, patient-split records."""
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BenchmarkError, UnknownNameError
+from . import phantom, sources
+from .records import ImageRecord
+from .splits import patient_split
+
+log = logging.getLogger(__name__)
+
+PRESETS_FILE = Path(__file__).resolve().parents[2] / "configs" / "datasets.toml"
+DEFAULT_DATA_ROOT_HELP = "the real-data pack folder (holding kermany/, cohen/, nih/) or upstream downloads"
+
+
+@lru_cache(maxsize=1)
+def presets() -> dict[str, dict]:
+    with open(PRESETS_FILE, "rb") as fh:
+        return tomllib.load(fh)
+
+
+@dataclass
+class Dataset:
+    """A named, labelled, patient-split set of images. `name` is the key used in the DB."""
+
+    name: str
+    classes: list[str]
+    records: list[ImageRecord]
+    description: str = ""
+
+    def split(self, split: str) -> list[ImageRecord]:
+        return [r for r in self.records if r.split == split]
+
+
+def resolve_data_root(data_root: str | Path | None) -> Path:
+    root = data_root or os.environ.get("CXR_DATA")
+    if not root:
+        raise BenchmarkError(
+            "real-data presets need a data root: pass --data-root DIR or set $CXR_DATA "
+            f"({DEFAULT_DATA_ROOT_HELP}); the embedded default needs none: --data phantom")
+    return Path(root)
+
+
+def _cap_per_class(records: list[ImageRecord], cap: int, seed: int) -> list[ImageRecord]:
+    """Keep whole patients, seeded, until each class has about `cap` images (small CPU runs)."""
+    by_class: dict[str, dict[str, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_class[r.label][r.patient_id].append(r)
+    rng = np.random.default_rng(seed)
+    kept = []
+    for label in sorted(by_class):
+        pids = sorted(by_class[label])
+        n = 0
+        for i in rng.permutation(len(pids)):
+            if n >= cap:
+                break
+            kept += by_class[label][pids[i]]
+            n += len(by_class[label][pids[i]])
+    return kept
+
+
+def dataset_key(name: str, *, max_per_class: int | None, data_seed: int, n_phantom: int | None) -> str:
+    """DB name of a dataset: the preset plus any option that changes which images it holds."""
+    parts = [name]
+    if max_per_class:
+        parts.append(f"max{max_per_class}")
+    if n_phantom:
+        parts.append(f"n{n_phantom}")
+    if data_seed:
+        parts.append(f"seed{data_seed}")
+    return "~".join(parts)
+
+
+def load_dataset(name: str, *, data_root: str | Path | None = None, data_seed: int = 0,
+                 max_per_class: int | None = None, n_phantom: int | None = None,
+                 cache_dir: Path | None = None, phantom_size: int | None = None) -> Dataset:
+    """Records of a preset name or a folder path, labelled in the preset's classes and split by patient."""
+    table = presets()
+    key = dataset_key(name, max_per_class=max_per_class, data_seed=data_seed, n_phantom=n_phantom)
+    if name in table and table[name]["kind"] == "phantom":
+        overrides = {"seed": data_seed}
+        if n_phantom:
+            overrides["n_images"] = n_phantom
+        if phantom_size:
+            overrides["size"] = phantom_size
+        cfg = phantom.phantom_config(name, **overrides)
+        from .decode import default_cache_dir
+        root = (cache_dir or default_cache_dir()) / "phantom"
+        records = phantom.materialize(cfg, root, key)
+        classes = list(cfg.classes)
+        desc = table[name]["description"]
+    elif name in table:
+        spec = table[name]
+        root = resolve_data_root(data_root)
+        records = []
+        for part in spec["parts"]:
+            for r in sources.find_source(root, part["source"]):
+                if r.label in part["labels"]:
+                    r.label = part["labels"][r.label]
+                    records.append(r)
+        classes = list(spec["classes"])
+        desc = spec["description"]
+    elif Path(name).is_dir():
+        records = sources.load_folder(name)
+        classes = sorted({r.label for r in records})
+        key = "folder:" + Path(name).resolve().name
+        desc = f"class folders at {name}"
+    else:
+        raise UnknownNameError("dataset (preset or existing folder)", name, table)
+    if not records:
+        raise BenchmarkError(f"dataset {name}: no images found")
+    if max_per_class:
+        records = _cap_per_class(records, max_per_class, data_seed)
+    for r in records:
+        r.dataset = key
+    patient_split(records, seed=data_seed)
+    log.info("dataset %s: %d images, classes %s", key, len(records), classes)
+    return Dataset(name=key, classes=classes, records=records, description=desc)
+
+
+def list_presets() -> list[tuple[str, str]]:
+    return [(n, p["description"]) for n, p in presets().items()]

@@ -1,0 +1,10 @@
+"""results.duckdb: schema, one-transaction-per-run writes, and the read queries the dashboard uses.
+
+All SQL of the project lives in this package.
+"""
+from .connection import reader, writer
+from .writes import RunBundle, replace_run_rows, write_images, write_run, write_segmenter
+from . import queries
+
+__all__ = ["reader", "writer", "RunBundle", "write_run", "replace_run_rows", "write_images",
+           "write_segmenter", "queries"]

@@ -1,0 +1,105 @@
+"""DuckDB schema of results.duckdb.
+
+Column names marked *contract* in ../shared/docs/DESIGN.md are relied on by checks and the
+dashboard: add columns, never rename. Every statement that creates or changes tables is here.
+"""
+
+SCHEMA_VERSION = 1
+
+TABLES: dict[str, str] = {
+    "runs": """
+        CREATE TABLE IF NOT EXISTS runs (
+            run_id VARCHAR PRIMARY KEY,
+            model VARCHAR NOT NULL,
+            dataset VARCHAR NOT NULL,
+            pretrained BOOLEAN NOT NULL,
+            epochs INTEGER,
+            device VARCHAR,
+            status VARCHAR NOT NULL,          -- done | failed
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            git_commit VARCHAR,
+            config_json VARCHAR,
+            seed INTEGER,
+            image_size INTEGER,
+            lungs_only BOOLEAN DEFAULT FALSE,
+            classes_json VARCHAR,
+            checkpoint_path VARCHAR,
+            best_epoch INTEGER,
+            epochs_run INTEGER,
+            train_seconds DOUBLE,
+            train_images_per_s DOUBLE,
+            n_train INTEGER, n_val INTEGER, n_test INTEGER,
+            error VARCHAR
+        )""",
+    "images": """
+        CREATE TABLE IF NOT EXISTS images (
+            image_id VARCHAR PRIMARY KEY,
+            dataset VARCHAR NOT NULL,
+            source VARCHAR,
+            path VARCHAR,
+            label VARCHAR,
+            patient_id VARCHAR,
+            split VARCHAR,
+            mask_path VARCHAR,
+            mask_source VARCHAR,
+            marker_mask_path VARCHAR,
+            view VARCHAR, sex VARCHAR, age DOUBLE, finding VARCHAR,
+            source_split VARCHAR, key VARCHAR
+        )""",
+    "rejected_images": """
+        CREATE TABLE IF NOT EXISTS rejected_images (
+            path VARCHAR, source VARCHAR, reason VARCHAR, dataset VARCHAR,
+            seen_at TIMESTAMP DEFAULT current_timestamp
+        )""",
+    "predictions": """
+        CREATE TABLE IF NOT EXISTS predictions (
+            run_id VARCHAR, image_id VARCHAR, split VARCHAR,
+            label VARCHAR, pred VARCHAR, confidence DOUBLE, probs DOUBLE[]
+        )""",
+    "metrics": """
+        CREATE TABLE IF NOT EXISTS metrics (
+            run_id VARCHAR, split VARCHAR, metric VARCHAR, class_name VARCHAR,
+            value DOUBLE, ci_low DOUBLE, ci_high DOUBLE
+        )""",
+    "cams": """
+        CREATE TABLE IF NOT EXISTS cams (
+            run_id VARCHAR, image_id VARCHAR, split VARCHAR, method VARCHAR,
+            target_class VARCHAR, target_kind VARCHAR,   -- pred | true
+            height INTEGER, width INTEGER, cam BLOB,     -- float16 bytes, row-major height x width
+            lung_mass DOUBLE, pointing_hit BOOLEAN, lung_iou DOUBLE, mask_source VARCHAR
+        )""",
+    "probes": """
+        CREATE TABLE IF NOT EXISTS probes (
+            run_id VARCHAR, probe VARCHAR, metric VARCHAR,
+            value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, detail VARCHAR
+        )""",
+    "faithfulness": """
+        CREATE TABLE IF NOT EXISTS faithfulness (
+            run_id VARCHAR, method VARCHAR, metric VARCHAR,
+            value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n_images INTEGER
+        )""",
+    "lung_segmenters": """
+        CREATE TABLE IF NOT EXISTS lung_segmenters (
+            checkpoint_path VARCHAR, created_at TIMESTAMP, image_size INTEGER,
+            dice_heldout DOUBLE, dice_heldout_source VARCHAR, n_train INTEGER, n_heldout INTEGER,
+            config_json VARCHAR
+        )""",
+    "meta": """
+        CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)""",
+}
+
+# Tables whose rows belong to one run: deleted together when a run is replaced.
+RUN_TABLES = ("predictions", "metrics", "cams", "probes", "faithfulness")
+
+
+def create_all(con) -> None:
+    for ddl in TABLES.values():
+        con.execute(ddl)
+    con.execute(
+        "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+    )
+
+
+def columns(con, table: str) -> list[str]:
+    return [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]

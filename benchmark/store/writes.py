@@ -1,0 +1,119 @@
+"""Writes: every run's rows go in one transaction, so a crash or kill never leaves part of a run."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import schema
+from .connection import writer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunBundle:
+    """Everything one (model, dataset) job produced; built without any DB connection.
+
+    `run` is the runs row; `tables` maps a table name of the schema to a DataFrame of rows
+    (run_id columns are filled in by the store). Images and rejections are shared across runs
+    and inserted if new.
+    """
+
+    run: dict
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    images: pd.DataFrame | None = None
+    rejected: pd.DataFrame | None = None
+
+
+def _insert_df(con, table: str, df: pd.DataFrame, *, or_ignore: bool = False) -> None:
+    if df is None or df.empty:
+        return
+    cols = [c for c in df.columns if c in schema.columns(con, table)]
+    unknown = set(df.columns) - set(cols)
+    if unknown:
+        raise ValueError(f"columns {sorted(unknown)} are not in table {table}")
+    con.register("_bundle_df", df[cols])
+    try:
+        verb = "INSERT OR IGNORE INTO" if or_ignore else "INSERT INTO"
+        con.execute(f"{verb} {table} BY NAME SELECT * FROM _bundle_df")
+    finally:
+        con.unregister("_bundle_df")
+
+
+def _insert_images(con, images: pd.DataFrame | None, rejected: pd.DataFrame | None) -> None:
+    if images is not None and not images.empty:
+        _insert_df(con, "images", images, or_ignore=True)
+    if rejected is not None and not rejected.empty:
+        con.register("_rej", rejected[["path", "source", "reason", "dataset"]])
+        try:
+            con.execute(
+                """INSERT INTO rejected_images (path, source, reason, dataset)
+                   SELECT r.* FROM _rej r WHERE NOT EXISTS (
+                     SELECT 1 FROM rejected_images x
+                     WHERE x.path = r.path AND x.dataset IS NOT DISTINCT FROM r.dataset)"""
+            )
+        finally:
+            con.unregister("_rej")
+
+
+def write_run(db_path: str | Path, bundle: RunBundle) -> None:
+    """Replace any earlier rows of this run_id and write the bundle, all in one transaction."""
+    run = dict(bundle.run)
+    run_id = run["run_id"]
+    run.setdefault("finished_at", dt.datetime.now())
+    with writer(db_path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            _delete_run_rows(con, run_id)
+            _insert_images(con, bundle.images, bundle.rejected)
+            _insert_df(con, "runs", pd.DataFrame([run]))
+            for table, df in bundle.tables.items():
+                if table not in schema.RUN_TABLES:
+                    raise ValueError(f"{table} is not a per-run table; choose from {schema.RUN_TABLES}")
+                if df is not None and not df.empty:
+                    _insert_df(con, table, df.assign(run_id=run_id))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    log.info("stored run %s (%s)", run_id, run.get("status"))
+
+
+def _delete_run_rows(con, run_id: str) -> None:
+    con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+    for table in schema.RUN_TABLES:
+        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+
+
+def replace_run_rows(db_path: str | Path, run_id: str, table: str, df: pd.DataFrame,
+                     *, where: dict | None = None) -> None:
+    """Swap one table's rows of a finished run (e.g. CAMs recomputed) in one transaction."""
+    if table not in schema.RUN_TABLES:
+        raise ValueError(f"{table} is not a per-run table; choose from {schema.RUN_TABLES}")
+    where = dict(where or {})
+    clause = " AND ".join(["run_id = ?"] + [f"{k} = ?" for k in where])
+    with writer(db_path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"DELETE FROM {table} WHERE {clause}", [run_id, *where.values()])
+            _insert_df(con, table, df.assign(run_id=run_id))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def write_images(db_path: str | Path, images: pd.DataFrame, rejected: pd.DataFrame | None) -> None:
+    with writer(db_path) as con:
+        con.execute("BEGIN TRANSACTION")
+        _insert_images(con, images, rejected)
+        con.execute("COMMIT")
+
+
+def write_segmenter(db_path: str | Path, row: dict) -> None:
+    with writer(db_path) as con:
+        _insert_df(con, "lung_segmenters", pd.DataFrame([row]))

@@ -1,0 +1,47 @@
+"""Shared fixtures: where the real data pack and the hostile files are, tiny image writers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CXR_DATA = Path(os.environ.get("CXR_DATA", REPO.parent / "shared" / "data" / "cxr"))
+BAD_INPUTS = Path(os.environ.get("BAD_INPUTS", REPO.parent / "shared" / "data" / "bad-inputs"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def cxr_root() -> Path:
+    if not (CXR_DATA / "cohen" / "manifest.csv").is_file():
+        pytest.skip(f"real-data pack not found at {CXR_DATA} (set CXR_DATA)")
+    return CXR_DATA
+
+
+@pytest.fixture(scope="session")
+def bad_inputs() -> Path:
+    if not BAD_INPUTS.is_dir():
+        pytest.skip(f"bad-inputs folder not found at {BAD_INPUTS} (set BAD_INPUTS)")
+    return BAD_INPUTS
+
+
+def write_png(path: Path, seed: int, size: int = 48) -> Path:
+    """A small grayscale PNG with some structure (fixtures for layout tests)."""
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((size, size)) * 200 + 20).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, "L").save(path)
+    return path
+
+
+@pytest.fixture
+def cache_env(tmp_path, monkeypatch) -> Path:
+    """Point the decode cache at a temporary folder for the test."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CXR_CACHE", str(cache))
+    return cache
