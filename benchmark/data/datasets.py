@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -51,20 +51,26 @@ def resolve_data_root(data_root: str | Path | None) -> Path:
 
 
 def _cap_per_class(records: list[ImageRecord], cap: int, seed: int) -> list[ImageRecord]:
-    """Keep whole patients, seeded, until each class has about `cap` images (small CPU runs)."""
-    by_class: dict[str, dict[str, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
+    """Keep whole patients, seeded, until each class has about `cap` images (small CPU runs).
+
+    A patient counts for its majority label (a few Kermany patients have both bacterial and
+    viral images), so no patient is ever cut in two.
+    """
+    by_patient: dict[str, list[ImageRecord]] = defaultdict(list)
     for r in records:
-        by_class[r.label][r.patient_id].append(r)
+        by_patient[r.patient_id].append(r)
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for pid, recs in sorted(by_patient.items()):
+        by_class[Counter(r.label for r in recs).most_common(1)[0][0]].append(pid)
     rng = np.random.default_rng(seed)
     kept = []
     for label in sorted(by_class):
-        pids = sorted(by_class[label])
-        n = 0
+        pids, n = by_class[label], 0
         for i in rng.permutation(len(pids)):
             if n >= cap:
                 break
-            kept += by_class[label][pids[i]]
-            n += len(by_class[label][pids[i]])
+            kept += by_patient[pids[i]]
+            n += len(by_patient[pids[i]])
     return kept
 
 

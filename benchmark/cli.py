@@ -1,0 +1,89 @@
+"""Command line: python -m benchmark {run,data,cams,lungs,evaluate} (--help everywhere)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import BenchmarkError
+
+log = logging.getLogger("benchmark")
+
+DEFAULT_DB = "results.duckdb"
+REAL_DATA_HINT = (
+    "Real X-rays: python -m benchmark run --data cohen-kermany --data-root ../shared/data/cxr "
+    "--models shallow,resnet18 (or set $CXR_DATA); presets: cohen-kermany, cohen-nih, covid-normal; "
+    "any folder of class subfolders works too (--data PATH). `python -m benchmark data list` shows them.")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="phantom",
+                   help="dataset preset (phantom, phantom-shortcut, phantom-clean, cohen-kermany, cohen-nih, "
+                        "covid-normal) or a folder of class subfolders (default: phantom)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the real sources (pack or upstream layouts); default $CXR_DATA")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the phantom and of the patient split")
+    p.add_argument("--max-per-class", type=int, default=None,
+                   help="cap images per class (whole patients, seeded) for quick runs")
+    p.add_argument("--n-phantom", type=int, default=None, help="phantom images to generate (default 600)")
+    p.add_argument("--cache-dir", default=None, help="decode cache (default $CXR_CACHE or ~/.cache/cxr-audit)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train and evaluate model x dataset pairs into the results DB",
+                         description="Train and evaluate every (model, dataset) pair asked for; pairs "
+                                     "already done in the DB are skipped. With no arguments: the phantom "
+                                     "with the default roster (shallow, resnet18), CPU-friendly.")
+    _add_data_args(run)
+    run.add_argument("--models", default="default",
+                     help="comma-separated roster names, 'default' (shallow,resnet18) or 'paper' (all 15)")
+    run.add_argument("--epochs", type=int, default=8, help="maximum epochs (early stopping on val loss)")
+    run.add_argument("--db", default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--pretrained", action="store_true",
+                     help="start from ImageNet weights (timm/torchvision caches or --weights-dir; never downloaded)")
+    run.add_argument("--weights-dir", default=None, help="folder with ImageNet weight files")
+    run.add_argument("--seed", type=int, default=0, help="training seed")
+    run.add_argument("--image-size", type=int, default=None, help="input size (default: each model's own)")
+    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument("--lr", type=float, default=1e-3)
+    run.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
+    run.add_argument("--lungs-only", action="store_true",
+                     help="control run: train and test on images with everything outside the lungs removed")
+    run.add_argument("--cam-methods", default=None,
+                     help="CAM methods to compute after training (comma list, 'none' to skip)")
+    run.add_argument("--checkpoint-dir", default="checkpoints")
+    run.add_argument("--force", action="store_true", help="redo pairs already done")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    data = sub.add_parser("data", help="list dataset presets, check a data folder")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser("list", help="presets, layouts, and what the data root holds")
+    dl.add_argument("--data-root", default=None, help="default $CXR_DATA")
+    dc = dsub.add_parser("check", help="read every image of a folder or file; report counts and rejections")
+    dc.add_argument("path")
+    dc.add_argument("--size", type=int, default=224, help="decode size to check at")
+    dc.add_argument("--cache-dir", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from . import commands
+    try:
+        return commands.dispatch(args)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: runs not finished were not stored; rerun to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,193 @@
+"""One (model, dataset) job: a plain function from a JobSpec to a RunBundle.
+
+No DB connection and no shared state inside, so the runner can run jobs in-process now and as
+Ray tasks later; the store ingests each bundle in one transaction.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .checkpoints import git_commit, save_checkpoint
+from .data.datasets import Dataset, load_dataset
+from .data.decode import DecodeCache
+from .device import resolve_device
+from .metrics import metrics_with_ci
+from .models import create_model, get_spec
+from .store.writes import RunBundle
+from .train import TrainConfig, fit, predict_probs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    model: str
+    data: str = "phantom"
+    epochs: int = 8
+    seed: int = 0
+    device: str = "auto"
+    pretrained: bool = False
+    weights_dir: str | None = None
+    image_size: int | None = None          # None: the architecture's own input size
+    batch_size: int = 32
+    lr: float = 1e-3
+    patience: int = 3
+    lungs_only: bool = False
+    data_root: str | None = None
+    data_seed: int = 0
+    max_per_class: int | None = None
+    n_phantom: int | None = None
+    n_boot: int = 1000
+    cam_methods: tuple[str, ...] = ()
+    checkpoint_dir: str = "checkpoints"
+    cache_dir: str | None = None
+    progress: bool = True
+
+    def identity(self) -> dict:
+        """The fields that make a run a different run (what rerun-skipping compares)."""
+        keep = ("model", "data", "epochs", "seed", "pretrained", "image_size", "batch_size", "lr",
+                "patience", "lungs_only", "data_seed", "max_per_class", "n_phantom")
+        return {k: getattr(self, k) for k in keep}
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, default=str).encode()
+        name = f"{Path(self.data).name}-{self.model}" + ("-lungsonly" if self.lungs_only else "")
+        return f"{name}-{hashlib.sha1(blob).hexdigest()[:10]}"
+
+
+def input_size(spec: JobSpec) -> int:
+    return spec.image_size or get_spec(spec.model).input_size
+
+
+def load_job_dataset(spec: JobSpec) -> Dataset:
+    return load_dataset(spec.data, data_root=spec.data_root, data_seed=spec.data_seed,
+                        max_per_class=spec.max_per_class, n_phantom=spec.n_phantom,
+                        cache_dir=Path(spec.cache_dir) if spec.cache_dir else None)
+
+
+def remove_outside_lungs(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Fill everything outside the lung mask with each image's mean intensity (lungs-only input)."""
+    means = images.reshape(len(images), -1).mean(1).round().astype(np.uint8)[:, None, None]
+    return np.where(masks, images, means).astype(np.uint8)
+
+
+def run_job(spec: JobSpec) -> RunBundle:
+    started = dt.datetime.now()
+    device = resolve_device(spec.device)
+    dataset = load_job_dataset(spec)
+    size = input_size(spec)
+    cache = DecodeCache(Path(spec.cache_dir) if spec.cache_dir else None)
+    decoded = cache.load(dataset.records, size, progress=spec.progress)
+    records, images = decoded.records, decoded.images
+    rejected = [(r, reason) for r, reason in decoded.rejected]
+    masks, has_mask = cache.load_masks(records, size)
+    if spec.lungs_only:
+        keep = np.flatnonzero(has_mask)
+        rejected += [(records[i], "lungs-only run: no lung mask") for i in np.flatnonzero(~has_mask)]
+        records = [records[i] for i in keep]
+        images = remove_outside_lungs(images[keep], masks[keep])
+    class_index = {c: i for i, c in enumerate(dataset.classes)}
+    labels = np.array([class_index[r.label] for r in records], dtype=np.int64)
+    splits = np.array([r.split for r in records])
+    tensors = {}
+    for split in ("train", "val", "test"):
+        idx = np.flatnonzero(splits == split)
+        tensors[split] = (torch.from_numpy(images[idx]).to(device),
+                          torch.from_numpy(labels[idx]).to(device), idx)
+    counts = {s: int(len(t[2])) for s, t in tensors.items()}
+    log.info("%s on %s: %s images per split at %dpx on %s", spec.model, dataset.name, counts, size, device)
+
+    model = create_model(spec.model, len(dataset.classes), pretrained=spec.pretrained,
+                         weights_dir=Path(spec.weights_dir) if spec.weights_dir else None)
+    cfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, patience=spec.patience,
+                      seed=spec.seed, progress=spec.progress)
+    result = fit(model, *tensors["train"][:2], *tensors["val"][:2], len(dataset.classes), cfg, device,
+                 desc=f"{spec.model}@{dataset.name}")
+
+    metric_rows, pred_rows, probs_by_split = [], [], {}
+    for split in ("val", "test"):
+        x, y, idx = tensors[split]
+        if not len(idx):
+            continue
+        probs = predict_probs(model, x, device, progress=spec.progress, desc=f"evaluate {split}")
+        probs_by_split[split] = probs
+        groups = [records[i].patient_id for i in idx]
+        for m in metrics_with_ci(labels[idx], probs, dataset.classes, groups, n_boot=spec.n_boot, seed=spec.seed):
+            metric_rows.append({"split": split, **dataclasses.asdict(m)})
+    if "test" in probs_by_split:
+        probs, idx = probs_by_split["test"], tensors["test"][2]
+        for j, i in enumerate(idx):
+            p = probs[j]
+            pred_rows.append({"image_id": records[i].image_id, "split": "test", "label": records[i].label,
+                              "pred": dataset.classes[int(p.argmax())], "confidence": float(p.max()),
+                              "probs": [float(v) for v in p]})
+
+    headline = {m["metric"]: m["value"] for m in metric_rows if m["split"] == "test" and not m["class_name"]}
+    stem = Path(spec.checkpoint_dir) / dataset.name / spec.run_id
+    ckpt = save_checkpoint(model, stem, {
+        "architecture": spec.model, "classes": dataset.classes, "input_size": size,
+        "normalization": model.normalization, "dataset": dataset.name, "pretrained": model.pretrained,
+        "run_id": spec.run_id, "lungs_only": spec.lungs_only, "best_epoch": result.best_epoch,
+        "metrics": {k: headline.get(k) for k in ("accuracy", "macro_auc", "macro_f1", "balanced_accuracy")},
+        "git_commit": git_commit(), "config": spec.identity(),
+    })
+    run = {
+        "run_id": spec.run_id, "model": spec.model, "dataset": dataset.name, "pretrained": model.pretrained,
+        "epochs": spec.epochs, "device": str(device), "status": "done", "started_at": started,
+        "finished_at": dt.datetime.now(), "git_commit": git_commit(),
+        "config_json": json.dumps(dataclasses.asdict(spec), default=str), "seed": spec.seed,
+        "image_size": size, "lungs_only": spec.lungs_only, "classes_json": json.dumps(dataset.classes),
+        "checkpoint_path": str(ckpt), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "train_seconds": result.seconds, "train_images_per_s": result.images_per_s,
+        "n_train": counts["train"], "n_val": counts["val"], "n_test": counts["test"],
+    }
+    tables = {"metrics": pd.DataFrame(metric_rows), "predictions": pd.DataFrame(pred_rows)}
+    context = JobContext(spec=spec, dataset=dataset, device=device, model=model, records=records,
+                         images=images, masks=masks, has_mask=has_mask, labels=labels, splits=splits)
+    for table, df in post_train_tables(context).items():
+        tables[table] = pd.concat([tables[table], df]) if table in tables else df
+    return RunBundle(run=run, tables=tables, images=images_frame(decoded.records),
+                     rejected=rejected_frame(rejected, dataset.name))
+
+
+@dataclass
+class JobContext:
+    """What a post-training step (CAMs, probes) sees of a finished job."""
+
+    spec: JobSpec
+    dataset: Dataset
+    device: torch.device
+    model: torch.nn.Module
+    records: list
+    images: np.ndarray
+    masks: np.ndarray
+    has_mask: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+
+
+def post_train_tables(context: JobContext) -> dict[str, pd.DataFrame]:
+    """CAMs with lung-focus measures and shortcut probes of a trained model (issue 3 fills these)."""
+    return {}
+
+
+def images_frame(records) -> pd.DataFrame:
+    cols = ["image_id", "dataset", "source", "path", "label", "patient_id", "split", "mask_path",
+            "mask_source", "marker_mask_path", "view", "sex", "age", "finding", "source_split", "key"]
+    return pd.DataFrame([r.as_row() for r in records], columns=None)[cols] if records else pd.DataFrame(columns=cols)
+
+
+def rejected_frame(rejected, dataset: str) -> pd.DataFrame:
+    return pd.DataFrame([{"path": r.path, "source": r.source, "reason": reason, "dataset": dataset}
+                         for r, reason in rejected], columns=["path", "source", "reason", "dataset"])
