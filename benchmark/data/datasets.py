@@ -91,8 +91,10 @@ def load_dataset(name: str, *, data_root: str | Path | None = None, data_seed: i
                  cache_dir: Path | None = None, phantom_size: int | None = None) -> Dataset:
     """Records of a preset name or a folder path, labelled in the preset's classes and split by patient."""
     table = presets()
-    key = dataset_key(name, max_per_class=max_per_class, data_seed=data_seed, n_phantom=n_phantom)
-    if name in table and table[name]["kind"] == "phantom":
+    is_phantom = name in table and table[name]["kind"] == "phantom"
+    key = dataset_key(name, max_per_class=max_per_class, data_seed=data_seed,
+                      n_phantom=n_phantom if is_phantom else None)
+    if is_phantom:
         overrides = {"seed": data_seed}
         if n_phantom:
             overrides["n_images"] = n_phantom

