@@ -31,6 +31,17 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="decode cache (default $CXR_CACHE or ~/.cache/cxr-audit)")
 
 
+def _add_cam_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cam-methods", default="cam,gradcam",
+                   help="CAM methods for every test image (comma list of cam, gradcam, gradcam++, hirescam, "
+                        "scorecam, layercam, eigencam; 'none' to skip; default cam,gradcam)")
+    p.add_argument("--segmenter", default=None,
+                   help="lung segmenter checkpoint stem for images without ground-truth masks "
+                        "(default checkpoints/lungseg/lung_unet; train: python -m benchmark lungs train)")
+    p.add_argument("--faithfulness-sample", type=int, default=16,
+                   help="test images per CAM method scored for faithfulness (ROAD, confidence drop); 0 skips")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -56,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
     run.add_argument("--lungs-only", action="store_true",
                      help="control run: train and test on images with everything outside the lungs removed")
-    run.add_argument("--cam-methods", default=None,
-                     help="CAM methods to compute after training (comma list, 'none' to skip)")
+    _add_cam_args(run)
     run.add_argument("--checkpoint-dir", default="checkpoints")
     run.add_argument("--force", action="store_true", help="redo pairs already done")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -22,18 +22,29 @@ def dispatch(args) -> int:
     raise BenchmarkError(f"unknown command {args.command}")
 
 
+def parse_cam_methods(text: str | None) -> tuple[str, ...]:
+    """'cam,gradcam' -> ('cam', 'gradcam'); 'none' or '' -> (); unknown names fail early, listing choices."""
+    from .cams.methods import get_cam_method
+
+    if not text or text.strip().lower() == "none":
+        return ()
+    names = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    for name in names:
+        get_cam_method(name)
+    return names
+
+
 def specs_from_args(args) -> list:
     from .job import JobSpec
     from .models import resolve_models
 
-    cam_methods: tuple[str, ...] = ()
-    if args.cam_methods and args.cam_methods != "none":
-        cam_methods = tuple(m.strip() for m in args.cam_methods.split(",") if m.strip())
+    cam_methods = parse_cam_methods(args.cam_methods)
     return [JobSpec(model=m, data=args.data, epochs=args.epochs, seed=args.seed, device=args.device,
                     pretrained=args.pretrained, weights_dir=args.weights_dir, image_size=args.image_size,
                     batch_size=args.batch_size, lr=args.lr, patience=args.patience, lungs_only=args.lungs_only,
                     data_root=args.data_root, data_seed=args.data_seed, max_per_class=args.max_per_class,
                     n_phantom=args.n_phantom, cam_methods=cam_methods, checkpoint_dir=args.checkpoint_dir,
+                    segmenter=args.segmenter, faithfulness_sample=args.faithfulness_sample,
                     cache_dir=args.cache_dir, progress=not args.no_progress)
             for m in resolve_models(args.models)]
 

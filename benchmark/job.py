@@ -21,10 +21,13 @@ from .checkpoints import git_commit, save_checkpoint
 from .data.datasets import Dataset, load_dataset
 from .data.decode import DecodeCache
 from .device import resolve_device
-from .metrics import metrics_with_ci
+from .audit import AuditOptions, audit_tables
+from .evaluate import score_images
+from .lungmasks import complete_masks
 from .models import create_model, get_spec
+from .probes import fill_region
 from .store.writes import RunBundle
-from .train import TrainConfig, fit, predict_probs
+from .train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,9 @@ class JobSpec:
     max_per_class: int | None = None
     n_phantom: int | None = None
     n_boot: int = 1000
-    cam_methods: tuple[str, ...] = ()
+    cam_methods: tuple[str, ...] = ("cam", "gradcam")
+    faithfulness_sample: int = 16
+    segmenter: str | None = None           # lung segmenter stem; None: checkpoints/lungseg/lung_unet
     checkpoint_dir: str = "checkpoints"
     cache_dir: str | None = None
     progress: bool = True
@@ -76,12 +81,6 @@ def load_job_dataset(spec: JobSpec) -> Dataset:
                         cache_dir=Path(spec.cache_dir) if spec.cache_dir else None)
 
 
-def remove_outside_lungs(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Fill everything outside the lung mask with each image's mean intensity (lungs-only input)."""
-    means = images.reshape(len(images), -1).mean(1).round().astype(np.uint8)[:, None, None]
-    return np.where(masks, images, means).astype(np.uint8)
-
-
 def run_job(spec: JobSpec) -> RunBundle:
     started = dt.datetime.now()
     device = resolve_device(spec.device)
@@ -93,10 +92,14 @@ def run_job(spec: JobSpec) -> RunBundle:
     rejected = [(r, reason) for r, reason in decoded.rejected]
     masks, has_mask = cache.load_masks(records, size)
     if spec.lungs_only:
+        masks, sources = complete_masks(images, masks, has_mask, [r.mask_source for r in records],
+                                        segmenter=spec.segmenter, device=str(device))
+        has_mask = np.array([bool(s) for s in sources], dtype=bool)
         keep = np.flatnonzero(has_mask)
         rejected += [(records[i], "lungs-only run: no lung mask") for i in np.flatnonzero(~has_mask)]
         records = [records[i] for i in keep]
-        images = remove_outside_lungs(images[keep], masks[keep])
+        images = fill_region(images[keep], ~masks[keep])
+        masks, has_mask = masks[keep], has_mask[keep]
     class_index = {c: i for i, c in enumerate(dataset.classes)}
     labels = np.array([class_index[r.label] for r in records], dtype=np.int64)
     splits = np.array([r.split for r in records])
@@ -117,21 +120,12 @@ def run_job(spec: JobSpec) -> RunBundle:
 
     metric_rows, pred_rows, probs_by_split = [], [], {}
     for split in ("val", "test"):
-        x, y, idx = tensors[split]
-        if not len(idx):
-            continue
-        probs = predict_probs(model, x, device, progress=spec.progress, desc=f"evaluate {split}")
-        probs_by_split[split] = probs
-        groups = [records[i].patient_id for i in idx]
-        for m in metrics_with_ci(labels[idx], probs, dataset.classes, groups, n_boot=spec.n_boot, seed=spec.seed):
-            metric_rows.append({"split": split, **dataclasses.asdict(m)})
-    if "test" in probs_by_split:
-        probs, idx = probs_by_split["test"], tensors["test"][2]
-        for j, i in enumerate(idx):
-            p = probs[j]
-            pred_rows.append({"image_id": records[i].image_id, "split": "test", "label": records[i].label,
-                              "pred": dataset.classes[int(p.argmax())], "confidence": float(p.max()),
-                              "probs": [float(v) for v in p]})
+        idx = tensors[split][2]
+        m_rows, p_rows, probs_by_split[split] = score_images(
+            model, images[idx], labels[idx], [records[i] for i in idx], dataset.classes, device, split=split,
+            n_boot=spec.n_boot, seed=spec.seed, progress=spec.progress, with_predictions=split == "test")
+        metric_rows += m_rows
+        pred_rows += p_rows
 
     headline = {m["metric"]: m["value"] for m in metric_rows if m["split"] == "test" and not m["class_name"]}
     stem = Path(spec.checkpoint_dir) / dataset.name / spec.run_id
@@ -153,33 +147,18 @@ def run_job(spec: JobSpec) -> RunBundle:
         "n_train": counts["train"], "n_val": counts["val"], "n_test": counts["test"],
     }
     tables = {"metrics": pd.DataFrame(metric_rows), "predictions": pd.DataFrame(pred_rows)}
-    context = JobContext(spec=spec, dataset=dataset, device=device, model=model, records=records,
-                         images=images, masks=masks, has_mask=has_mask, labels=labels, splits=splits)
-    for table, df in post_train_tables(context).items():
-        tables[table] = pd.concat([tables[table], df]) if table in tables else df
+    test = tensors["test"][2]
+    tables.update(audit_tables(model, dataset.classes, [records[i] for i in test], images[test], masks[test],
+                               has_mask[test], labels[test], probs_by_split["test"], device, audit_options(spec),
+                               split="test"))
     return RunBundle(run=run, tables=tables, images=images_frame(decoded.records),
                      rejected=rejected_frame(rejected, dataset.name))
 
 
-@dataclass
-class JobContext:
-    """What a post-training step (CAMs, probes) sees of a finished job."""
-
-    spec: JobSpec
-    dataset: Dataset
-    device: torch.device
-    model: torch.nn.Module
-    records: list
-    images: np.ndarray
-    masks: np.ndarray
-    has_mask: np.ndarray
-    labels: np.ndarray
-    splits: np.ndarray
-
-
-def post_train_tables(context: JobContext) -> dict[str, pd.DataFrame]:
-    """CAMs with lung-focus measures and shortcut probes of a trained model (issue 3 fills these)."""
-    return {}
+def audit_options(spec: JobSpec) -> AuditOptions:
+    return AuditOptions(cam_methods=spec.cam_methods, faithfulness_sample=spec.faithfulness_sample,
+                        probes=not spec.lungs_only, segmenter=spec.segmenter, cache_dir=spec.cache_dir,
+                        seed=spec.seed, n_boot=spec.n_boot)
 
 
 def images_frame(records) -> pd.DataFrame:

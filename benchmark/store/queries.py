@@ -74,3 +74,184 @@ def cam_array(row) -> np.ndarray:
     """Decode a cams row's `cam` BLOB (float16, height x width) into a float32 array."""
     buf = row["cam"]
     return np.frombuffer(bytes(buf), dtype=np.float16).reshape(int(row["height"]), int(row["width"])).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- dashboard reads
+# Every function below reads only rows of runs whose status is 'done' (a failed run's partial
+# numbers must never reach the leaderboard) and never selects the `cam` BLOB except where a
+# caller asks for the maps of a few images.
+
+def datasets(con) -> list[str]:
+    """Datasets with at least one done run, sorted."""
+    rows = con.execute("SELECT DISTINCT dataset FROM runs WHERE status = 'done' ORDER BY dataset").fetchall()
+    return [r[0] for r in rows]
+
+
+def cam_methods(con, dataset: str | None = None) -> list[str]:
+    """CAM methods that have stored maps (for one dataset's done runs, or for all)."""
+    sql = ("SELECT DISTINCT c.method FROM cams c JOIN runs r ON r.run_id = c.run_id "
+           "WHERE r.status = 'done'")
+    args: list = []
+    if dataset is not None:
+        sql, args = sql + " AND r.dataset = ?", [dataset]
+    return [r[0] for r in con.execute(sql + " ORDER BY c.method", args).fetchall()]
+
+
+def class_metrics(con, split: str = "test") -> pd.DataFrame:
+    """Per-class metrics (sensitivity, specificity, precision, f1, auc) with CIs of done runs."""
+    return con.execute(
+        """
+        SELECT m.run_id, m.metric, m.class_name, m.value, m.ci_low, m.ci_high
+        FROM metrics m JOIN runs r ON r.run_id = m.run_id
+        WHERE r.status = 'done' AND m.split = ? AND m.class_name <> '' AND m.metric <> 'confusion'
+        ORDER BY m.run_id, m.class_name, m.metric
+        """, [split]).df()
+
+
+def lung_focus_by_run(con, split: str = "test", target_kind: str = "pred") -> pd.DataFrame:
+    """Mean lung-focus measures per (run, CAM method); maps without a defined measure are skipped.
+
+    `n_cams` counts every map, `n_scored` those with a lung_mass (an image without a lung mask
+    has none), so the dashboard can say how many maps a mean rests on.
+    """
+    return con.execute(
+        """
+        SELECT c.run_id, c.method, count(*) AS n_cams, count(c.lung_mass) AS n_scored,
+               avg(c.lung_mass) AS lung_mass,
+               avg(CASE WHEN c.pointing_hit THEN 1.0 WHEN NOT c.pointing_hit THEN 0.0 END) AS pointing_game,
+               avg(c.lung_iou) AS lung_iou
+        FROM cams c JOIN runs r ON r.run_id = c.run_id
+        WHERE r.status = 'done' AND c.split = ? AND c.target_kind = ?
+        GROUP BY c.run_id, c.method ORDER BY c.run_id, c.method
+        """, [split, target_kind]).df()
+
+
+def probe_results(con) -> pd.DataFrame:
+    """Shortcut probes of done runs, plus the external-validation metrics stored in `metrics`.
+
+    External validation may be stored either as a probe ('external:<ds>') or as a metrics split
+    ('external:<ds>'); both come back here as probe rows, the probe table's own row winning.
+    """
+    return con.execute(
+        """
+        WITH ext AS (
+            SELECT m.run_id, m.split AS probe, m.metric, m.value, m.ci_low, m.ci_high,
+                   NULL::VARCHAR AS detail
+            FROM metrics m
+            WHERE m.split LIKE 'external:%' AND m.class_name = '' AND m.metric = 'accuracy'
+              AND NOT EXISTS (SELECT 1 FROM probes p WHERE p.run_id = m.run_id AND p.probe = m.split
+                              AND p.metric = m.metric)
+        ), allp AS (
+            SELECT run_id, probe, metric, value, ci_low, ci_high, detail FROM probes
+            UNION ALL SELECT * FROM ext
+        )
+        SELECT a.*, r.dataset, r.model
+        FROM allp a JOIN runs r ON r.run_id = a.run_id
+        WHERE r.status = 'done'
+        ORDER BY r.dataset, r.model, a.probe, a.metric
+        """).df()
+
+
+def mask_paths(con, dataset: str, split: str = "test") -> pd.DataFrame:
+    """Lung-mask files of a dataset's images in one split (for the uniform-map baseline)."""
+    return con.execute(
+        """
+        SELECT image_id, mask_path, mask_source FROM images
+        WHERE dataset = ? AND split = ? AND mask_path IS NOT NULL AND mask_path <> ''
+        ORDER BY image_id
+        """, [dataset, split]).df()
+
+
+def predicted_images(con, dataset: str) -> pd.DataFrame:
+    """The dataset's images that have at least one prediction of a done run, with their metadata."""
+    return con.execute(
+        """
+        SELECT i.image_id, i.label, i.source, i.path, i.key, i.mask_path, i.view, i.sex, i.age
+        FROM images i
+        WHERE i.dataset = ? AND EXISTS (
+            SELECT 1 FROM predictions p JOIN runs r ON r.run_id = p.run_id
+            WHERE p.image_id = i.image_id AND r.status = 'done')
+        ORDER BY i.label, i.image_id
+        """, [dataset]).df()
+
+
+def image_row(con, image_id: str) -> dict | None:
+    df = con.execute("SELECT * FROM images WHERE image_id = ?", [image_id]).df()
+    return None if df.empty else df.iloc[0].to_dict()
+
+
+def image_predictions(con, image_id: str) -> pd.DataFrame:
+    """Every done run's prediction of one image, with the run's model and test accuracy."""
+    return con.execute(
+        """
+        SELECT p.run_id, r.model, r.dataset, r.pretrained, p.label, p.pred, p.confidence, p.probs,
+               r.classes_json,
+               (SELECT max(m.value) FROM metrics m WHERE m.run_id = p.run_id AND m.split = 'test'
+                  AND m.metric = 'accuracy' AND m.class_name = '') AS accuracy
+        FROM predictions p JOIN runs r ON r.run_id = p.run_id
+        WHERE p.image_id = ? AND r.status = 'done'
+        ORDER BY accuracy DESC NULLS LAST, r.model
+        """, [image_id]).df()
+
+
+def image_cams(con, image_id: str, method: str | None = None, target_kind: str = "pred") -> pd.DataFrame:
+    """The stored maps (BLOBs) of one image, every done run, one method or all."""
+    sql = """
+        SELECT c.run_id, c.method, c.target_class, c.height, c.width, c.cam,
+               c.lung_mass, c.pointing_hit, c.lung_iou
+        FROM cams c JOIN runs r ON r.run_id = c.run_id
+        WHERE c.image_id = ? AND c.target_kind = ? AND r.status = 'done'"""
+    args: list = [image_id, target_kind]
+    if method is not None:
+        sql, args = sql + " AND c.method = ?", args + [method]
+    return con.execute(sql + " ORDER BY c.run_id, c.method", args).df()
+
+
+def prediction_rows(con, dataset: str, method: str | None, target_kind: str = "pred") -> pd.DataFrame:
+    """One row per (done run, test prediction) of a dataset, with image metadata and the
+    lung-focus measures of that prediction's map for `method` (NULL where none is stored).
+
+    No BLOBs: this is the misclassification gallery's filter table, fetched once and filtered
+    in memory; the maps of one gallery page come from `cams_for_pairs`.
+    """
+    return con.execute(
+        """
+        SELECT p.run_id, r.model, r.pretrained, p.image_id, p.label, p.pred, p.confidence,
+               p.label = p.pred AS correct, i.source, i.view, i.sex, i.age, i.path, i.key,
+               i.mask_path, c.lung_mass, c.pointing_hit, c.lung_iou
+        FROM predictions p
+        JOIN runs r ON r.run_id = p.run_id
+        JOIN images i ON i.image_id = p.image_id
+        LEFT JOIN cams c ON c.run_id = p.run_id AND c.image_id = p.image_id
+             AND c.method = ? AND c.target_kind = ?
+        WHERE r.status = 'done' AND r.dataset = ?
+        ORDER BY r.model, p.run_id, p.image_id
+        """, [method or "", target_kind, dataset]).df()
+
+
+def cams_for_pairs(con, run_ids: list[str], image_ids: list[str], method: str,
+                   target_kind: str = "pred") -> pd.DataFrame:
+    """Maps for the given (run_id, image_id) pairs (zipped lists) of one method."""
+    if len(run_ids) != len(image_ids):
+        raise ValueError("run_ids and image_ids must be the same length (they are zipped into pairs)")
+    if not run_ids:
+        return pd.DataFrame(columns=["run_id", "image_id", "height", "width", "cam", "lung_mass"])
+    return con.execute(
+        """
+        WITH wanted AS (SELECT unnest(?::VARCHAR[]) AS run_id, unnest(?::VARCHAR[]) AS image_id)
+        SELECT c.run_id, c.image_id, c.height, c.width, c.cam, c.lung_mass, c.pointing_hit
+        FROM cams c JOIN wanted w ON w.run_id = c.run_id AND w.image_id = c.image_id
+        WHERE c.method = ? AND c.target_kind = ?
+        """, [list(run_ids), list(image_ids), method, target_kind]).df()
+
+
+def db_overview(con) -> dict:
+    """Counts for the sidebar: done and failed runs, images, CAM rows."""
+    row = con.execute(
+        """SELECT (SELECT count(*) FROM runs WHERE status = 'done'),
+                  (SELECT count(*) FROM runs WHERE status <> 'done'),
+                  (SELECT count(*) FROM images),
+                  (SELECT count(*) FROM cams),
+                  (SELECT max(finished_at) FROM runs WHERE status = 'done')""").fetchone()
+    return {"done_runs": row[0], "other_runs": row[1], "images": row[2], "cams": row[3],
+            "last_finished": row[4]}

@@ -67,7 +67,8 @@ TABLES: dict[str, str] = {
             run_id VARCHAR, image_id VARCHAR, split VARCHAR, method VARCHAR,
             target_class VARCHAR, target_kind VARCHAR,   -- pred | true
             height INTEGER, width INTEGER, cam BLOB,     -- float16 bytes, row-major height x width
-            lung_mass DOUBLE, pointing_hit BOOLEAN, lung_iou DOUBLE, mask_source VARCHAR
+            lung_mass DOUBLE, pointing_hit BOOLEAN, lung_iou DOUBLE, mask_source VARCHAR,
+            marker_mass DOUBLE                           -- phantom only: CAM mass on the planted marker
         )""",
     "probes": """
         CREATE TABLE IF NOT EXISTS probes (

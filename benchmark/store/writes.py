@@ -92,15 +92,29 @@ def _delete_run_rows(con, run_id: str) -> None:
 def replace_run_rows(db_path: str | Path, run_id: str, table: str, df: pd.DataFrame,
                      *, where: dict | None = None) -> None:
     """Swap one table's rows of a finished run (e.g. CAMs recomputed) in one transaction."""
-    if table not in schema.RUN_TABLES:
-        raise ValueError(f"{table} is not a per-run table; choose from {schema.RUN_TABLES}")
-    where = dict(where or {})
-    clause = " AND ".join(["run_id = ?"] + [f"{k} = ?" for k in where])
+    replace_run_tables(db_path, run_id, {table: (df, where or {})})
+
+
+def replace_run_tables(db_path: str | Path, run_id: str, tables: dict[str, tuple[pd.DataFrame, dict]], *,
+                       images: pd.DataFrame | None = None, rejected: pd.DataFrame | None = None,
+                       run_row: dict | None = None) -> None:
+    """Delete each table's rows of `run_id` matching its `where` and insert the new ones, plus
+    new images, and the runs row if the run is not in the DB yet, all in one transaction."""
+    for table in tables:
+        if table not in schema.RUN_TABLES:
+            raise ValueError(f"{table} is not a per-run table; choose from {schema.RUN_TABLES}")
     with writer(db_path) as con:
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(f"DELETE FROM {table} WHERE {clause}", [run_id, *where.values()])
-            _insert_df(con, table, df.assign(run_id=run_id))
+            _insert_images(con, images, rejected)
+            if run_row is not None and not con.execute(
+                    "SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
+                _insert_df(con, "runs", pd.DataFrame([run_row]))
+            for table, (df, where) in tables.items():
+                clause = " AND ".join(["run_id = ?"] + [f"{k} = ?" for k in where])
+                con.execute(f"DELETE FROM {table} WHERE {clause}", [run_id, *where.values()])
+                if df is not None and not df.empty:
+                    _insert_df(con, table, df.assign(run_id=run_id))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

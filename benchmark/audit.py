@@ -1,0 +1,56 @@
+"""The audit of one trained model on a set of images: CAMs with lung focus, faithfulness, probes.
+
+Used after training (job.py), for existing runs (`benchmark cams`) and for external datasets
+(`benchmark evaluate`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data.decode import DecodeCache
+from .explain import cam_rows, faithfulness_rows
+from .lungmasks import complete_masks
+from .probes import probe_rows
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    cam_methods: tuple[str, ...] = ("cam", "gradcam")
+    faithfulness_sample: int = 16
+    probes: bool = True
+    segmenter: str | None = None
+    cache_dir: str | None = None
+    seed: int = 0
+    n_boot: int = 1000
+
+
+def audit_tables(model, classes: list[str], records: list, images: np.ndarray, masks: np.ndarray,
+                 has_mask: np.ndarray, labels: np.ndarray, probs: np.ndarray, device: torch.device,
+                 opts: AuditOptions, *, split: str) -> dict[str, pd.DataFrame]:
+    """{cams, faithfulness, probes} DataFrames for these images (already at the model's input size)."""
+    if len(records) == 0:
+        return {}
+    masks, mask_sources = complete_masks(images, masks, has_mask, [r.mask_source for r in records],
+                                         segmenter=opts.segmenter, device=str(device))
+    preds = probs.argmax(1)
+    patients = [r.patient_id for r in records]
+    tables: dict[str, pd.DataFrame] = {}
+    if opts.cam_methods:
+        markers = None
+        if any(r.marker_mask_path for r in records):
+            cache = DecodeCache(Path(opts.cache_dir) if opts.cache_dir else None)
+            markers, _ = cache.load_masks(records, images.shape[-1], field="marker_mask_path")
+        tables["cams"] = cam_rows(model, images, masks, mask_sources, preds, labels, [r.image_id for r in records],
+                                  classes, opts.cam_methods, device, split=split, marker_masks=markers)
+        if opts.faithfulness_sample:
+            tables["faithfulness"] = faithfulness_rows(model, images, preds, patients, opts.cam_methods, device,
+                                                       sample=opts.faithfulness_sample, seed=opts.seed)
+    if opts.probes:
+        tables["probes"] = probe_rows(model, images, masks, labels, patients, classes, device, seed=opts.seed,
+                                      n_boot=opts.n_boot, mask_sources=mask_sources)
+    return tables

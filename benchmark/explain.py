@@ -1,0 +1,92 @@
+"""CAM rows for a trained model on a set of images: maps at layer resolution plus lung focus.
+
+For every image: the map of the predicted class and, when the prediction is wrong, of the true
+class too. Maps are stored as float16 at the target layer's own resolution; lung-focus measures
+are computed against the lung mask at input resolution (upsampled maps, see cams/lungfocus.py).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .cams.faithfulness import faithfulness_scores
+from .cams.engine import compute_cams
+from .cams.lungfocus import lung_focus_batch
+from .cams.methods import list_cam_methods
+from .metrics import bootstrap_mean_ci
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAM_METHODS = ("cam", "gradcam")
+
+
+def applicable_methods(model, methods: Sequence[str]) -> list[str]:
+    ok = set(list_cam_methods(model))
+    skipped = [m for m in methods if m not in ok]
+    if skipped:
+        log.info("%s: %s not applicable (no GAP+linear head); skipped", model.spec.name, ", ".join(skipped))
+    return [m for m in methods if m in ok]
+
+
+def _cam_targets(preds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(image index, target class, kind) for every map: pred for all, true where it differs."""
+    n = len(preds)
+    wrong = np.flatnonzero(preds != labels)
+    idx = np.concatenate([np.arange(n), wrong])
+    tgt = np.concatenate([preds, labels[wrong]])
+    kinds = ["pred"] * n + ["true"] * len(wrong)
+    return idx, tgt, kinds
+
+
+def cam_rows(model, images: np.ndarray, masks: np.ndarray, mask_sources: list[str], preds: np.ndarray,
+             labels: np.ndarray, image_ids: list[str], classes: list[str], methods: Sequence[str],
+             device: torch.device, *, split: str = "test", batch_size: int = 32,
+             marker_masks: np.ndarray | None = None) -> pd.DataFrame:
+    """Rows of the `cams` table (one per image x method x target)."""
+    idx, tgt, kinds = _cam_targets(preds, labels)
+    x = torch.from_numpy(images[idx])
+    targets = torch.from_numpy(tgt.astype(np.int64))
+    frames = []
+    model.eval()
+    for method in applicable_methods(model, methods):
+        maps = compute_cams(model, x.unsqueeze(1).float().div(255), targets, method,
+                            batch_size=batch_size, device=device)
+        focus = lung_focus_batch(maps, masks[idx])
+        maps16 = maps.numpy().astype(np.float16)
+        df = pd.DataFrame({
+            "image_id": [image_ids[i] for i in idx], "split": split, "method": method,
+            "target_class": [classes[t] for t in tgt], "target_kind": kinds,
+            "height": maps16.shape[1], "width": maps16.shape[2], "cam": [m.tobytes() for m in maps16],
+            "lung_mass": [f.lung_mass for f in focus], "pointing_hit": [f.pointing_hit for f in focus],
+            "lung_iou": [f.lung_iou for f in focus], "mask_source": [mask_sources[i] or None for i in idx],
+        })
+        if marker_masks is not None:
+            df["marker_mass"] = [f.lung_mass for f in lung_focus_batch(maps, marker_masks[idx])]
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def faithfulness_rows(model, images: np.ndarray, preds: np.ndarray, patients: list[str],
+                      methods: Sequence[str], device: torch.device, *, sample: int = 16,
+                      seed: int = 0) -> pd.DataFrame:
+    """ROAD (combined) and confidence drop per CAM method on a seeded sample of images."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(images), size=min(sample, len(images)), replace=False))
+    if len(pick) == 0:
+        return pd.DataFrame()
+    x = torch.from_numpy(images[pick]).unsqueeze(1).float().div(255)
+    targets = torch.from_numpy(preds[pick].astype(np.int64))
+    rows = []
+    model.eval()
+    for method in applicable_methods(model, methods):
+        maps = compute_cams(model, x, targets, method, device=device)
+        scores = faithfulness_scores(model, x, targets, maps, device=device, seed=seed)
+        for metric, values in scores.items():
+            value, lo, hi = bootstrap_mean_ci(np.asarray(values, float), [patients[i] for i in pick], seed=seed)
+            rows.append({"method": method, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi,
+                         "n_images": int(len(pick))})
+    return pd.DataFrame(rows)

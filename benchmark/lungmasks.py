@@ -1,0 +1,43 @@
+"""Lung masks for a set of decoded images: ground truth where the source has it, else predicted.
+
+Ground truth: the phantom's exact masks (gt-phantom), the pack's V7 Labs and lungVAE masks
+(gt-v7, gt-lungvae). Every other image gets the mask of the project's own segmenter
+(`predicted`) when one has been trained (`python -m benchmark lungs train`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WeightsMissingError
+
+log = logging.getLogger(__name__)
+
+
+def complete_masks(images: np.ndarray, masks: np.ndarray, has_mask: np.ndarray, gt_sources: list[str],
+                   *, segmenter: str | Path | None, device: str = "cpu") -> tuple[np.ndarray, list[str]]:
+    """(masks, mask_source per image): ground truth kept, gaps filled by the segmenter if available.
+
+    An image that still has no mask gets an all-False mask and source '' (no lung measures).
+    """
+    masks = masks.copy()
+    sources = [s if h else "" for s, h in zip(gt_sources, has_mask)]
+    missing = np.flatnonzero(~has_mask)
+    if len(missing) == 0:
+        return masks, sources
+    from .lungseg import load_segmenter, predict_lung_masks
+    from .lungseg.predict import DEFAULT_SEGMENTER_STEM
+
+    stem = Path(segmenter) if segmenter else DEFAULT_SEGMENTER_STEM
+    try:
+        model, _ = load_segmenter(stem, device=device)
+    except WeightsMissingError:
+        log.warning("%d images have no ground-truth lung mask and no segmenter is trained at %s: they get no "
+                    "lung-focus measures. Train one: python -m benchmark lungs train", len(missing), stem)
+        return masks, sources
+    masks[missing] = predict_lung_masks(model, images[missing], device=device)
+    for i in missing:
+        sources[i] = "predicted"
+    return masks, sources
