@@ -80,7 +80,53 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("path")
     dc.add_argument("--size", type=int, default=224, help="decode size to check at")
     dc.add_argument("--cache-dir", default=None)
+    cams = sub.add_parser("cams", help="compute CAMs and lung focus for runs already in the DB",
+                          description="Compute (or recompute) CAMs of the chosen methods for the test images "
+                                      "of finished runs, replacing their earlier maps of those methods.")
+    cams.add_argument("--db", default=DEFAULT_DB)
+    cams.add_argument("--run-id", action="append", help="only this run (repeatable; default: all done runs)")
+    cams.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_cam_args(cams)
+
+    ev = sub.add_parser("evaluate", help="external validation of a checkpoint on another dataset or folder",
+                        description="Evaluate a trained checkpoint on a dataset preset or a folder of class "
+                                    "subfolders (images of classes it does not know are left out); writes "
+                                    "metrics, predictions and CAMs with split external:<dataset>.")
+    ev.add_argument("--checkpoint", required=True, help="a .safetensors file with its .json sidecar")
+    ev.add_argument("--data", required=True, help="preset name or folder of class subfolders")
+    ev.add_argument("--data-root", default=None, help="default $CXR_DATA")
+    ev.add_argument("--max-per-class", type=int, default=None)
+    ev.add_argument("--db", default=DEFAULT_DB)
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--n-boot", type=int, default=1000)
+    ev.add_argument("--cache-dir", default=None)
+    _add_cam_args(ev)
+
+    lungs = sub.add_parser("lungs", help="train the lung segmenter or predict lung masks")
+    lsub = lungs.add_subparsers(dest="lungs_command", required=True)
+    lt = lsub.add_parser("train", help="train the compact U-Net on the pack's cohen masks (+ phantom masks)",
+                         description="Train the lung segmenter on ground-truth masks (cohen V7/lungVAE masks "
+                                     "under --data-root, plus phantom masks), report Dice on held-out cohen "
+                                     "patients (V7 masks, native size), save safetensors + JSON.")
+    lt.add_argument("--data-root", default=None, help="folder holding cohen/ (default $CXR_DATA)")
+    lt.add_argument("--out", default=str(_default_segmenter()), help="checkpoint stem")
+    lt.add_argument("--size", type=int, default=128)
+    lt.add_argument("--epochs", type=int, default=30)
+    lt.add_argument("--n-phantom", type=int, default=48)
+    lt.add_argument("--seed", type=int, default=0)
+    lt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    lt.add_argument("--db", default=None, help="also record the segmenter and its Dice in this results DB")
+    lp = lsub.add_parser("predict", help="write predicted lung masks (0/255 PNG) for an image or folder")
+    lp.add_argument("path")
+    lp.add_argument("--out-dir", required=True)
+    lp.add_argument("--segmenter", default=str(_default_segmenter()))
     return parser
+
+
+def _default_segmenter():
+    from .lungseg.predict import DEFAULT_SEGMENTER_STEM
+    return DEFAULT_SEGMENTER_STEM
 
 
 def main(argv: list[str] | None = None) -> int:

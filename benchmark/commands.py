@@ -19,6 +19,9 @@ def dispatch(args) -> int:
         return cmd_run(args)
     if args.command == "data":
         return cmd_data_list(args) if args.data_command == "list" else cmd_data_check(args)
+    if args.command in ("cams", "evaluate", "lungs"):
+        from . import commands_audit
+        return getattr(commands_audit, f"cmd_{args.command}")(args)
     raise BenchmarkError(f"unknown command {args.command}")
 
 
