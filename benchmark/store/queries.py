@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .schema import columns
+
 
 def done_run_ids(con) -> set[str]:
     return {r[0] for r in con.execute("SELECT run_id FROM runs WHERE status = 'done'").fetchall()}
@@ -112,14 +114,17 @@ def lung_focus_by_run(con, split: str = "test", target_kind: str = "pred") -> pd
     """Mean lung-focus measures per (run, CAM method); maps without a defined measure are skipped.
 
     `n_cams` counts every map, `n_scored` those with a lung_mass (an image without a lung mask
-    has none), so the dashboard can say how many maps a mean rests on.
+    has none), so the dashboard can say how many maps a mean rests on. `marker_mass` (phantom
+    data only) is the mean CAM mass on the planted text marker: the shortcut made visible.
     """
+    # a results file written before marker_mass existed still opens (CREATE IF NOT EXISTS keeps old tables)
+    marker = "avg(c.marker_mass)" if "marker_mass" in columns(con, "cams") else "NULL::DOUBLE"
     return con.execute(
-        """
+        f"""
         SELECT c.run_id, c.method, count(*) AS n_cams, count(c.lung_mass) AS n_scored,
                avg(c.lung_mass) AS lung_mass,
                avg(CASE WHEN c.pointing_hit THEN 1.0 WHEN NOT c.pointing_hit THEN 0.0 END) AS pointing_game,
-               avg(c.lung_iou) AS lung_iou
+               avg(c.lung_iou) AS lung_iou, {marker} AS marker_mass
         FROM cams c JOIN runs r ON r.run_id = c.run_id
         WHERE r.status = 'done' AND c.split = ? AND c.target_kind = ?
         GROUP BY c.run_id, c.method ORDER BY c.run_id, c.method
@@ -162,17 +167,17 @@ def mask_paths(con, dataset: str, split: str = "test") -> pd.DataFrame:
         """, [dataset, split]).df()
 
 
-def predicted_images(con, dataset: str) -> pd.DataFrame:
-    """The dataset's images that have at least one prediction of a done run, with their metadata."""
+def predicted_images(con, dataset: str, split: str = "test") -> pd.DataFrame:
+    """The dataset's images with at least one `split` prediction of a done run, with their metadata."""
     return con.execute(
         """
         SELECT i.image_id, i.label, i.source, i.path, i.key, i.mask_path, i.view, i.sex, i.age
         FROM images i
         WHERE i.dataset = ? AND EXISTS (
             SELECT 1 FROM predictions p JOIN runs r ON r.run_id = p.run_id
-            WHERE p.image_id = i.image_id AND r.status = 'done')
+            WHERE p.image_id = i.image_id AND p.split = ? AND r.status = 'done')
         ORDER BY i.label, i.image_id
-        """, [dataset]).df()
+        """, [dataset, split]).df()
 
 
 def image_row(con, image_id: str) -> dict | None:
@@ -180,8 +185,12 @@ def image_row(con, image_id: str) -> dict | None:
     return None if df.empty else df.iloc[0].to_dict()
 
 
-def image_predictions(con, image_id: str) -> pd.DataFrame:
-    """Every done run's prediction of one image, with the run's model and test accuracy."""
+def image_predictions(con, image_id: str, split: str = "test") -> pd.DataFrame:
+    """Every done run's `split` prediction of one image, with the run's model and test accuracy.
+
+    The split matters: `benchmark evaluate` stores a model's predictions on another dataset's
+    images as split 'external:<dataset>', and those are not that image's test predictions.
+    """
     return con.execute(
         """
         SELECT p.run_id, r.model, r.dataset, r.pretrained, p.label, p.pred, p.confidence, p.probs,
@@ -189,26 +198,28 @@ def image_predictions(con, image_id: str) -> pd.DataFrame:
                (SELECT max(m.value) FROM metrics m WHERE m.run_id = p.run_id AND m.split = 'test'
                   AND m.metric = 'accuracy' AND m.class_name = '') AS accuracy
         FROM predictions p JOIN runs r ON r.run_id = p.run_id
-        WHERE p.image_id = ? AND r.status = 'done'
+        WHERE p.image_id = ? AND p.split = ? AND r.status = 'done'
         ORDER BY accuracy DESC NULLS LAST, r.model
-        """, [image_id]).df()
+        """, [image_id, split]).df()
 
 
-def image_cams(con, image_id: str, method: str | None = None, target_kind: str = "pred") -> pd.DataFrame:
+def image_cams(con, image_id: str, method: str | None = None, target_kind: str = "pred",
+               split: str = "test") -> pd.DataFrame:
     """The stored maps (BLOBs) of one image, every done run, one method or all."""
     sql = """
         SELECT c.run_id, c.method, c.target_class, c.height, c.width, c.cam,
                c.lung_mass, c.pointing_hit, c.lung_iou
         FROM cams c JOIN runs r ON r.run_id = c.run_id
-        WHERE c.image_id = ? AND c.target_kind = ? AND r.status = 'done'"""
-    args: list = [image_id, target_kind]
+        WHERE c.image_id = ? AND c.target_kind = ? AND c.split = ? AND r.status = 'done'"""
+    args: list = [image_id, target_kind, split]
     if method is not None:
         sql, args = sql + " AND c.method = ?", args + [method]
     return con.execute(sql + " ORDER BY c.run_id, c.method", args).df()
 
 
-def prediction_rows(con, dataset: str, method: str | None, target_kind: str = "pred") -> pd.DataFrame:
-    """One row per (done run, test prediction) of a dataset, with image metadata and the
+def prediction_rows(con, dataset: str, method: str | None, target_kind: str = "pred",
+                    split: str = "test") -> pd.DataFrame:
+    """One row per (done run, `split` prediction) of a dataset, with image metadata and the
     lung-focus measures of that prediction's map for `method` (NULL where none is stored).
 
     No BLOBs: this is the misclassification gallery's filter table, fetched once and filtered
@@ -222,15 +233,15 @@ def prediction_rows(con, dataset: str, method: str | None, target_kind: str = "p
         FROM predictions p
         JOIN runs r ON r.run_id = p.run_id
         JOIN images i ON i.image_id = p.image_id
-        LEFT JOIN cams c ON c.run_id = p.run_id AND c.image_id = p.image_id
+        LEFT JOIN cams c ON c.run_id = p.run_id AND c.image_id = p.image_id AND c.split = p.split
              AND c.method = ? AND c.target_kind = ?
-        WHERE r.status = 'done' AND r.dataset = ?
+        WHERE r.status = 'done' AND r.dataset = ? AND p.split = ?
         ORDER BY r.model, p.run_id, p.image_id
-        """, [method or "", target_kind, dataset]).df()
+        """, [method or "", target_kind, dataset, split]).df()
 
 
 def cams_for_pairs(con, run_ids: list[str], image_ids: list[str], method: str,
-                   target_kind: str = "pred") -> pd.DataFrame:
+                   target_kind: str = "pred", split: str = "test") -> pd.DataFrame:
     """Maps for the given (run_id, image_id) pairs (zipped lists) of one method."""
     if len(run_ids) != len(image_ids):
         raise ValueError("run_ids and image_ids must be the same length (they are zipped into pairs)")
@@ -241,8 +252,8 @@ def cams_for_pairs(con, run_ids: list[str], image_ids: list[str], method: str,
         WITH wanted AS (SELECT unnest(?::VARCHAR[]) AS run_id, unnest(?::VARCHAR[]) AS image_id)
         SELECT c.run_id, c.image_id, c.height, c.width, c.cam, c.lung_mass, c.pointing_hit
         FROM cams c JOIN wanted w ON w.run_id = c.run_id AND w.image_id = c.image_id
-        WHERE c.method = ? AND c.target_kind = ?
-        """, [list(run_ids), list(image_ids), method, target_kind]).df()
+        WHERE c.method = ? AND c.target_kind = ? AND c.split = ?
+        """, [list(run_ids), list(image_ids), method, target_kind, split]).df()
 
 
 def db_overview(con) -> dict:

@@ -1,0 +1,178 @@
+"""Registry of CAM methods over pytorch-grad-cam, keyed by the lowercase names stored in `cams.method`.
+
+Each entry wraps a pytorch-grad-cam class so that its maps stay at the target layer's own
+resolution: DESIGN.md stores maps there and upsamples only for display and measures, and
+pytorch-grad-cam would otherwise resize every map to the input size inside `__call__`.
+`get_target_width_height` is the one hook `BaseCAM.compute_cam_per_layer` asks for that size;
+returning None makes `scale_cam_image` min-max normalise without resizing.
+
+Adding a method is one `register_cam_method(...)` line (or decorator on a BaseCAM subclass).
+Methods with a batched on-device implementation name it in `fast` (see fast.py); the engine
+uses it unless asked for the reference path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from pytorch_grad_cam import (
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+)
+from pytorch_grad_cam.base_cam import BaseCAM
+
+from benchmark.cams import fast as fast_paths
+from benchmark.errors import BenchmarkError, UnknownNameError
+
+
+class CamMethodNotApplicable(BenchmarkError):
+    """A CAM method was asked for on a model it cannot explain (e.g. `cam` without a GAP head)."""
+
+    def __init__(self, method: str, model_name: str, reason: str, choices):
+        self.method, self.model_name, self.choices = method, model_name, sorted(choices)
+        super().__init__(
+            f"CAM method {method!r} does not apply to model {model_name!r}: {reason}; "
+            f"methods that apply: {', '.join(self.choices)}"
+        )
+
+
+class AtLayerResolution:
+    """Mixin for BaseCAM subclasses: keep maps at the target layer's resolution (no resize)."""
+
+    def get_target_width_height(self, input_tensor: torch.Tensor) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class CamMethod:
+    """One registry entry.
+
+    `cam_class` is the layer-resolution pytorch-grad-cam class; `requires_gap_head` marks
+    methods whose definition needs logits = Linear(GAP(target layer)) (the original CAM);
+    `fast` is the batched on-device implementation, or None.
+    """
+
+    name: str
+    cam_class: type
+    requires_gap_head: bool = False
+    fast: Callable | None = None
+    summary: str = ""
+
+    def applies_to(self, model) -> bool:
+        return not self.requires_gap_head or bool(model.spec.gap_head)
+
+    def build(self, model) -> BaseCAM:
+        """A pytorch-grad-cam object hooked on the model's CAM layer (caller releases it).
+
+        Note: BaseCAM.__init__ calls model.eval(); the engine restores the caller's mode.
+        """
+        kwargs = {}
+        if self.requires_gap_head:
+            kwargs["classifier"] = classifier_layer(model)
+        return self.cam_class(model, [model.cam_target_layer], **kwargs)
+
+
+CAM_METHODS: dict[str, CamMethod] = {}
+
+
+def register_cam_method(
+    name: str,
+    *,
+    requires_gap_head: bool = False,
+    fast: Callable | None = None,
+    summary: str = "",
+) -> Callable[[type], type]:
+    """Decorator (or call on an existing class) adding a BaseCAM subclass under `name`.
+
+    Returns the class unchanged; the registry holds a layer-resolution subclass of it.
+    """
+    if name != name.lower():
+        raise ValueError(f"CAM method names are lowercase (stored in cams.method): {name!r}")
+
+    def add(cls: type) -> type:
+        if name in CAM_METHODS:
+            raise ValueError(f"CAM method {name!r} is already registered")
+        at_layer = type(f"{cls.__name__}AtLayer", (AtLayerResolution, cls), {})
+        CAM_METHODS[name] = CamMethod(
+            name=name,
+            cam_class=at_layer,
+            requires_gap_head=requires_gap_head,
+            fast=fast,
+            summary=summary or (cls.__doc__ or "").strip().split("\n")[0],
+        )
+        return cls
+
+    return add
+
+
+def list_cam_methods(model=None) -> list[str]:
+    """Registered method names; with a model, only those that apply to it."""
+    return sorted(n for n, m in CAM_METHODS.items() if model is None or m.applies_to(model))
+
+
+def get_cam_method(name: str) -> CamMethod:
+    try:
+        return CAM_METHODS[name.lower()]
+    except KeyError:
+        raise UnknownNameError("CAM method", name, CAM_METHODS) from None
+
+
+def resolve_cam_method(name: str, model) -> CamMethod:
+    """The entry for `name`, checked against the model: a clear error instead of a wrong map."""
+    method = get_cam_method(name)
+    if not method.applies_to(model):
+        raise CamMethodNotApplicable(
+            method.name,
+            getattr(model.spec, "name", type(model).__name__),
+            "it needs a global-average-pooling head (logits = Linear(GAP(target layer))) "
+            "and this model's spec has gap_head=False",
+            list_cam_methods(model),
+        )
+    return method
+
+
+def classifier_layer(model) -> torch.nn.Module:
+    """The final Linear (or 1x1 conv) named by `spec.classifier`, inside `model.net`."""
+    try:
+        return model.net.get_submodule(model.spec.classifier)
+    except AttributeError as exc:
+        raise BenchmarkError(
+            f"model {model.spec.name!r}: spec.classifier {model.spec.classifier!r} is not a "
+            f"submodule of .net ({exc})"
+        ) from None
+
+
+class ClassActivationMap(BaseCAM):
+    """CAM (Zhou et al. 2016): weights = the classifier's row of the target class; GAP heads only."""
+
+    def __init__(self, model, target_layers, classifier: torch.nn.Module, reshape_transform=None):
+        super().__init__(model, target_layers, reshape_transform, uses_gradients=False)
+        self.classifier = classifier
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> np.ndarray:
+        weight = self.classifier.weight.detach().float().reshape(self.classifier.weight.shape[0], -1)
+        rows = [int(t.category) for t in targets]
+        weights = weight[rows].cpu().numpy()
+        if weights.shape[1] != activations.shape[1]:
+            raise BenchmarkError(
+                f"classifier has {weights.shape[1]} inputs but the CAM layer has "
+                f"{activations.shape[1]} channels: spec.gap_head must be wrong"
+            )
+        return weights
+
+
+register_cam_method("cam", requires_gap_head=True, fast=fast_paths.class_activation_maps,
+                    summary="class activation mapping: classifier row of the target class")(ClassActivationMap)
+register_cam_method("gradcam", fast=fast_paths.grad_cams,
+                    summary="Grad-CAM: channel weights = spatial mean of the gradients")(GradCAM)
+register_cam_method("gradcam++", summary="Grad-CAM++: higher-order gradient weights")(GradCAMPlusPlus)
+register_cam_method("hirescam", summary="HiResCAM: element-wise gradient x activation")(HiResCAM)
+register_cam_method("scorecam", summary="Score-CAM: weights from the score of masked inputs")(ScoreCAM)
+register_cam_method("layercam", summary="LayerCAM: positive gradients x activation")(LayerCAM)
+register_cam_method("eigencam", summary="Eigen-CAM: first principal component (class-agnostic)")(EigenCAM)

@@ -1,0 +1,165 @@
+"""The one thin caching layer between the pages and the store, models and files.
+
+Why no long-lived DB connection in st.cache_resource: DuckDB lets one process write, and a
+read-only connection held by this server would block every benchmark run from writing its
+results (measured, see DESIGN.md). So the cached *resource* is the database handle's state (the
+last good result of every query), and each query opens a read-only connection for the moment
+it runs. Query results go through st.cache_data keyed by the DB file's modification stamp: a
+finished run shows at once, an unchanged DB is never re-read within the TTL, and while a writer
+holds the file the pages show the last results they had instead of failing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+
+import duckdb
+import streamlit as st
+
+from benchmark.store import queries, reader
+from benchmark.store.connection import LOCK_MARKERS
+
+from . import images
+from .settings import DashboardSettings, resolve_settings
+
+log = logging.getLogger(__name__)
+
+STALE_KEY = "_results_stale_since"
+MAX_SNAPSHOTS = 512  # last-good results kept for locked-DB fallback (oldest dropped first)
+BUSY_MESSAGE = ("A benchmark run is writing to the results database right now; this view will show "
+                "results once the run has committed. Rerun the page (R) in a few seconds.")
+
+
+class DatabaseBusy(Exception):
+    """A benchmark run holds the results file (raised inside the cached query, so never cached)."""
+
+
+def settings() -> DashboardSettings:
+    """Resolved on every script run: cheap, and tests change the environment between apps."""
+    return resolve_settings(sys.argv[1:])
+
+
+def db_stamp(db: Path) -> tuple[int, int, int] | None:
+    """(mtime_ns, size, wal mtime_ns) of the results file, None if it does not exist."""
+    try:
+        st_db = db.stat()
+    except OSError:
+        return None
+    wal = db.with_name(db.name + ".wal")
+    wal_mtime = wal.stat().st_mtime_ns if wal.exists() else 0
+    return st_db.st_mtime_ns, st_db.st_size, wal_mtime
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    return any(m.lower() in str(exc).lower() for m in LOCK_MARKERS)
+
+
+@st.cache_resource(show_spinner=False)
+def _last_results() -> dict:
+    """Last good result per (db, query, args): what a page shows while a writer holds the file."""
+    return {}
+
+
+@st.cache_data(ttl=600, max_entries=512, show_spinner=False)
+def _cached_query(db: str, stamp: tuple, name: str, args: tuple, lock_wait_s: float):
+    try:
+        with reader(db, timeout_s=lock_wait_s) as con:
+            return getattr(queries, name)(con, *args)
+    except duckdb.Error as exc:
+        if _is_lock_error(exc):
+            raise DatabaseBusy(str(exc)) from exc
+        raise
+
+
+def query(name: str, *args, stop_when_busy: bool = True):
+    """Result of `benchmark.store.queries.<name>(con, *args)` on the configured DB, cached.
+
+    While a writer holds the file it returns this query's last good result (and marks the page
+    stale); with none, it shows a notice and stops the page's run (or, with
+    `stop_when_busy=False`, raises DatabaseBusy for the caller to handle).
+    """
+    cfg = settings()
+    db = str(cfg.db_path)
+    key = (db, name, args)
+    snapshots = _last_results()
+    try:
+        value = _cached_query(db, db_stamp(cfg.db_path), name, args, cfg.lock_wait_s)
+    except DatabaseBusy:
+        if key not in snapshots and not stop_when_busy:
+            raise
+        if key not in snapshots:  # nothing to fall back on: say so and end this page's run
+            st.info(BUSY_MESSAGE, icon=":material/hourglass_top:")
+            st.stop()
+        st.session_state[STALE_KEY] = snapshots[key][1]
+        return snapshots[key][0]
+    snapshots.pop(key, None)  # re-insert: dict order is then least recently refreshed first
+    snapshots[key] = (value, dt.datetime.now())
+    while len(snapshots) > MAX_SNAPSHOTS:
+        snapshots.pop(next(iter(snapshots)))
+    return value
+
+
+def clear() -> None:
+    _cached_query.clear()
+    _lung_share.clear()
+
+
+@st.cache_data(ttl=3600, max_entries=64, show_spinner=False)
+def _lung_share(mask_paths: tuple[str, ...]) -> tuple[float | None, int]:
+    return images.lung_share(list(mask_paths))
+
+
+def baselines(datasets) -> dict[str, tuple[float | None, int]]:
+    """Uniform-map baseline per dataset: the lungs' share of the image over its test masks,
+    computed from the mask files the DB points at (not stored in the DB)."""
+    out = {}
+    for d in datasets:
+        masks = query("mask_paths", d)
+        out[d] = _lung_share(tuple(masks["mask_path"]) if not masks.empty else ())
+    return out
+
+
+@st.cache_data(max_entries=2048, show_spinner=False)
+def display_image(path: str | None, key: str | None, source: str | None, max_side: int):
+    return images.load_display_image(path, key, source, max_side)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def display_mask(mask_path: str | None, shape: tuple[int, int]):
+    return images.load_display_mask(mask_path, shape)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def load_model(path: str, mtime_ns: int):
+    """(model in eval mode on CPU, sidecar); keyed by mtime so a retrained checkpoint reloads."""
+    from benchmark.checkpoints import load_checkpoint
+
+    return load_checkpoint(path, device="cpu")
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def load_segmenter(stem: str | None, mtime_ns: int):
+    """(segmenter or None, message) -- None with the reason when no usable checkpoint exists."""
+    from benchmark.errors import BenchmarkError, WeightsMissingError
+    from benchmark.lungseg import DEFAULT_SEGMENTER_STEM, load_segmenter as load
+
+    try:
+        model, _meta = load(stem or DEFAULT_SEGMENTER_STEM)
+        return model, ""
+    except WeightsMissingError:
+        return None, ("No lung segmenter checkpoint found, so CAMs are shown without lung_mass. "
+                      "Train one with `python -m benchmark lungs train` "
+                      "(or `python bench/train_lung_segmenter.py`).")
+    except (BenchmarkError, OSError, ValueError, KeyError) as exc:
+        return None, f"The lung segmenter could not be loaded ({exc}); CAMs are shown without lung_mass."
+
+
+def segmenter_for(cfg: DashboardSettings):
+    from benchmark.lungseg import DEFAULT_SEGMENTER_STEM
+
+    stem = Path(cfg.segmenter_stem or DEFAULT_SEGMENTER_STEM)
+    weights = stem.with_suffix(".safetensors") if stem.suffix != ".safetensors" else stem
+    mtime = weights.stat().st_mtime_ns if weights.exists() else 0
+    return load_segmenter(str(stem), mtime)

@@ -1,0 +1,98 @@
+"""Live CAMs on an uploaded X-ray: decode, predict, explain, score against a predicted lung mask.
+
+No streamlit here. The upload stays in memory from browser to picture: bytes go to the
+project's one image reader (content sniffing, bomb and size checks, DICOM MONOCHROME1 and VOI
+LUT), never to a file or the DB, and only pixels come back, so no DICOM header field (patient
+name, id) can reach the page.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from benchmark.data.imageio import read_image, resize_image
+from benchmark.errors import BenchmarkError, ImageRejected
+
+from .images import fit_within
+
+log = logging.getLogger(__name__)
+
+#: The working copy of an upload: masks and overlays are computed at this size (longest side).
+WORK_SIDE = 512
+
+
+@dataclass(frozen=True)
+class LiveCam:
+    """One model's answer for one upload. `error` is set (and the rest empty) when it failed."""
+
+    label: str
+    classes: tuple[str, ...]
+    probs: tuple[float, ...] = ()
+    pred: str = ""
+    confidence: float = float("nan")
+    cam: np.ndarray | None = None          # layer resolution, values in [0, 1]
+    lung_mass: float | None = None
+    pointing_hit: bool | None = None
+    seconds: float = 0.0
+    error: str = ""
+
+
+def decode_upload(data: bytes, max_bytes: int) -> np.ndarray:
+    """uint8 H x W (longest side <= WORK_SIDE) of an uploaded file, or ImageRejected with a reason.
+
+    The size limit is checked here as well as by the server (server.maxUploadSize), because the
+    server's limit can be raised by a flag and this function is also called outside a server.
+    """
+    if len(data) > max_bytes:
+        raise ImageRejected(f"file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+    return np.array(fit_within(read_image(bytes(data)), WORK_SIDE))  # writable copy for torch
+
+
+def segment_lungs(segmenter, image: np.ndarray) -> np.ndarray | None:
+    """bool lung mask at the image's size from the project's segmenter (None without one)."""
+    if segmenter is None:
+        return None
+    from benchmark.lungseg import predict_lung_mask
+
+    return predict_lung_mask(segmenter, image)
+
+
+def explain(model, meta: dict, image: np.ndarray, method: str, lung_mask: np.ndarray | None = None,
+            *, label: str = "") -> LiveCam:
+    """Predict `image` with one checkpoint and compute `method`'s map for the predicted class.
+
+    The image is squashed to the checkpoint's input size exactly as in training
+    (benchmark.data.imageio.resize_image). Failures of one model (a method that does not apply
+    to it, a broken checkpoint) come back as `error` so the other models still show.
+    """
+    import torch
+
+    from benchmark.cams.engine import compute_cams
+    from benchmark.cams.lungfocus import lung_focus
+
+    classes = tuple(str(c) for c in meta.get("classes", []))
+    start = time.perf_counter()
+    try:
+        size = int(meta["input_size"])
+        x = torch.from_numpy(np.array(resize_image(image, size))).float().div_(255)[None, None]
+        with torch.no_grad():
+            probs = torch.softmax(model(x).float(), dim=1)[0]
+        pred = int(probs.argmax())
+        cam = compute_cams(model, x, torch.tensor([pred]), method)[0].numpy()
+    except BenchmarkError as exc:
+        return LiveCam(label=label, classes=classes, error=str(exc))
+    except (RuntimeError, ValueError, KeyError) as exc:  # shape mismatch, bad sidecar
+        log.exception("live CAM failed for %s", label)
+        return LiveCam(label=label, classes=classes, error=f"{type(exc).__name__}: {exc}")
+    focus = None
+    if lung_mask is not None and lung_mask.any():
+        focus = lung_focus(cam, lung_mask)
+    return LiveCam(
+        label=label, classes=classes, probs=tuple(float(p) for p in probs), pred=classes[pred] if pred < len(classes)
+        else str(pred), confidence=float(probs[pred]), cam=cam,
+        lung_mass=None if focus is None else focus.lung_mass,
+        pointing_hit=None if focus is None else focus.pointing_hit,
+        seconds=time.perf_counter() - start)

@@ -1,0 +1,118 @@
+"""Leaderboard: every model x dataset with its accuracy beside how much of its CAMs lie on the lungs."""
+import streamlit as st
+
+from dashboard import cache, common, render, views
+
+st.title("Leaderboard")
+st.caption("Accuracy alone cannot tell a model that reads the lungs from one that reads a text marker. "
+           "Each row puts a run's test metrics (95% CIs by patient bootstrap) beside its lung focus "
+           "and the shortcut probes.")
+
+if not common.require_results():
+    st.stop()
+
+summary = cache.query("summary")
+class_metrics = cache.query("class_metrics")
+focus = cache.query("lung_focus_by_run")
+probes = cache.query("probe_results")
+methods = sorted(focus["method"].unique()) if not focus.empty else []
+all_datasets = sorted(summary["dataset"].unique())
+
+c1, c2, c3, c4 = st.columns([3, 1.2, 1.4, 1.8])
+chosen = c1.multiselect("Datasets", all_datasets, default=all_datasets, key="lb_datasets",
+                        persist_state="session")
+method = c2.selectbox("CAM method", methods or ["(no CAMs stored)"],
+                      index=methods.index("gradcam") if "gradcam" in methods else 0,
+                      key="lb_method", persist_state="session",
+                      help="Lung focus is averaged over this method's maps of the predicted class on test images.")
+class_choice = c3.selectbox("Sens. / spec. / AUC of", [views.MEAN_OVER_CLASSES] + views.class_choices(class_metrics),
+                            key="lb_class", persist_state="session",
+                            help="One class (one-vs-rest, with CIs) or the mean over classes (AUC: macro AUC).")
+sort_label = c4.selectbox("Sort by", list(views.SORT_KEYS), key="lb_sort", persist_state="session")
+
+base = cache.baselines(chosen)
+board = views.leaderboard(summary[summary.dataset.isin(chosen)], class_metrics, focus, probes,
+                          method if methods else None, class_choice, {d: v for d, (v, _) in base.items()})
+board = views.sort_board(board, sort_label)
+common.stale_notice()
+
+if board.empty:
+    st.info("No runs for the chosen datasets.")
+    st.stop()
+
+table = board.assign(
+    accuracy_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.accuracy_ci_low, board.accuracy_ci_high)],
+    sensitivity_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.sensitivity_ci_low, board.sensitivity_ci_high)],
+    specificity_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.specificity_ci_low, board.specificity_ci_high)],
+    auc_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.auc_ci_low, board.auc_ci_high)],
+)
+num = st.column_config.NumberColumn
+st.dataframe(
+    table, key="lb_table", hide_index=True, height=35 * (min(len(table), 15) + 1) + 3,
+    column_order=["dataset", "model", "accuracy", "accuracy_ci", "lung_mass", "uniform_baseline",
+                  "lung_mass_vs_uniform", "pointing_game"]
+                 + (["marker_mass"] if board["marker_mass"].notna().any() else [])
+                 + ["lungs_removed_acc", "lungs_removed_drop", "external_drop", "external_dataset",
+                  "sensitivity", "sensitivity_ci", "specificity", "specificity_ci", "auc", "auc_ci",
+                  "pretrained", "n_test"],
+    column_config={
+        "dataset": "Dataset", "model": "Model", "pretrained": st.column_config.CheckboxColumn("ImageNet"),
+        "n_test": num("n test", format="%d"),
+        "accuracy": st.column_config.ProgressColumn("Accuracy", format="%.3f", min_value=0, max_value=1),
+        "accuracy_ci": "Acc. 95% CI",
+        "sensitivity": num("Sensitivity", format="%.3f"), "sensitivity_ci": "Sens. 95% CI",
+        "specificity": num("Specificity", format="%.3f"), "specificity_ci": "Spec. 95% CI",
+        "auc": num("AUC", format="%.3f"), "auc_ci": "AUC 95% CI",
+        "lung_mass": st.column_config.ProgressColumn("Lung mass", format="%.3f", min_value=0, max_value=1,
+                                                     help="Mean share of positive CAM mass inside the lung mask"),
+        "uniform_baseline": num("Uniform map", format="%.3f",
+                                help="Lungs' share of the image (mean over test masks): "
+                                     "a CAM spread evenly scores this"),
+        "lung_mass_vs_uniform": num("× uniform", format="%.2f",
+                                    help="Lung mass / uniform map; 1 = no better than uniform"),
+        "pointing_game": num("Pointing game", format="%.3f", help="Share of CAM peaks that lie on the lungs"),
+        "marker_mass": num("Marker mass", format="%.3f",
+                           help="Phantom data: mean share of CAM mass on the planted text marker (the shortcut)"),
+        "lungs_removed_acc": num("Acc. lungs removed", format="%.3f",
+                                 help="Accuracy when everything inside the lungs is removed: near the full "
+                                      "accuracy means the model decides from outside the lungs"),
+        "lungs_removed_drop": num("Drop w/o lungs", format="%.3f",
+                                  help="Accuracy on the same images intact minus with the lungs removed: "
+                                       "near 0 = the lungs did not matter"),
+        "external_drop": num("External drop", format="%.3f",
+                             help="Test accuracy minus accuracy on another dataset (the worst one)"),
+        "external_dataset": "External set",
+    },
+)
+
+st.subheader("Accuracy against lung focus")
+focus_col = st.radio("Lung-focus measure", ["lung_mass", "pointing_game"], horizontal=True, key="lb_focus",
+                     format_func=lambda c: "lung mass" if c == "lung_mass" else "pointing game",
+                     persist_state="session")
+if board[focus_col].notna().any():
+    st.plotly_chart(render.accuracy_focus_scatter(board, {d: v for d, (v, _) in base.items()}, focus_col),
+                    key="lb_scatter")
+else:
+    st.info("No CAMs with lung-focus measures are stored for this method yet; "
+            "runs with `--cam-methods gradcam` add them.")
+notes = [f"{d}: {v:.3f} over {n} test masks" for d, (v, n) in sorted(base.items()) if v is not None]
+missing = [d for d, (v, _) in sorted(base.items()) if v is None]
+st.caption("Dashed lines: the uniform-map baseline, i.e. the lungs' share of the image, computed from the "
+           "dataset's test lung-mask files (not stored in the DB). "
+           + ("; ".join(notes) if notes else "")
+           + (f". No masks for {', '.join(missing)}." if missing else ""))
+
+st.subheader("Shortcut probes")
+st.caption("lungs_removed: test images with the lungs blanked out; lungs_only: everything but the lungs "
+           "blanked out; external:<dataset>: the model applied to another dataset. A model that keeps its "
+           "accuracy without the lungs, or loses it on another hospital's images, learned a shortcut.")
+probe_rows = views.probe_table(probes[probes.run_id.isin(board.run_id)] if not probes.empty else probes,
+                               summary)
+if probe_rows.empty:
+    st.info("No probe results stored yet.")
+else:
+    st.dataframe(probe_rows, key="lb_probes", hide_index=True, column_config={
+        "accuracy": num(format="%.3f"), "reference": num("compared with", format="%.3f",
+                                                         help="intact accuracy on the same images (lungs "
+                                                              "probes) or test accuracy (external sets)"),
+        "change": num(format="%+.3f")})

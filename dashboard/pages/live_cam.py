@@ -1,0 +1,131 @@
+"""Live CAM: upload a chest X-ray, see each chosen model's prediction and CAM with the lung mask.
+
+The upload lives only in this session's memory (never a file, never the DB). Results are kept
+per (file digest, checkpoint, method) in session state so moving a slider does not rerun models.
+"""
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from benchmark.checkpoints import list_checkpoints
+from benchmark.errors import ImageRejected
+from dashboard import cache, common, live, render, views
+
+log = logging.getLogger(__name__)
+MAX_KEPT_RESULTS = 24
+
+st.title("Live CAM")
+st.caption("Upload a chest X-ray (PNG, JPEG or DICOM). Every chosen model predicts it and shows its CAM for "
+           "the predicted class, with the lung mask from the project's segmenter and each map's lung mass. "
+           "The file stays in memory: it is never written to disk or to the results database, and no DICOM "
+           "header field (patient name, id) is read into the page.")
+
+cfg = cache.settings()
+checkpoints = views.rank_checkpoints(list_checkpoints(cfg.checkpoints_dir)) if cfg.checkpoints_dir.is_dir() else []
+by_path = {c["path"]: c for c in checkpoints}
+
+from benchmark.cams.methods import list_cam_methods  # noqa: E402  (pulls in torch; only this page needs it)
+
+methods = list_cam_methods()
+c1, c2 = st.columns([3, 1])
+chosen = c1.multiselect("Models", list(by_path), default=list(by_path)[:3], key="live_models",
+                        format_func=lambda p: views.checkpoint_label(by_path[p]),
+                        placeholder="choose checkpoints", persist_state="session")
+method = c2.selectbox("CAM method", methods, index=methods.index("gradcam") if "gradcam" in methods else 0,
+                      key="live_method", persist_state="session",
+                      help="Grad-CAM and CAM are fast; Score-CAM runs the model once per channel (slow on CPU).")
+if not checkpoints:
+    st.info(f"No classifier checkpoints in `{cfg.checkpoints_dir}`. `python -m benchmark run` saves one per "
+            "trained model (or start the dashboard with `--checkpoints DIR`). The upload below still shows "
+            "the image and its lung mask.")
+opacity, colormap, show_contour = common.overlay_controls("live")
+
+# No `type=` filter: the reader decides by content, and DICOMs from a PACS often have no extension.
+upload = st.file_uploader(f"Chest X-ray: PNG, JPEG or DICOM, up to {cfg.max_upload_mb} MB", key="live_upload",
+                          max_upload_size=cfg.max_upload_mb)
+if upload is None:
+    st.stop()
+
+data = upload.getvalue()
+try:
+    image = live.decode_upload(data, cfg.max_upload_bytes)
+except ImageRejected as exc:
+    st.error(f"This file cannot be used as a chest X-ray: {exc.reason}.", icon=":material/block:")
+    st.stop()
+except Exception:  # the app must stay up whatever the upload holds
+    log.exception("unexpected failure decoding an upload")
+    st.error("This file could not be read (unexpected error; details are in the server log).",
+             icon=":material/block:")
+    st.stop()
+
+digest = hashlib.sha256(data).hexdigest()
+segmenter, segmenter_note = cache.segmenter_for(cfg)
+kept = st.session_state.setdefault("_live_results", {})
+mask_key = ("mask", digest)
+if mask_key not in kept:
+    try:
+        kept[mask_key] = live.segment_lungs(segmenter, image)
+    except Exception:  # a segmenter failure must not hide the CAMs
+        log.exception("lung segmentation failed")
+        kept[mask_key] = None
+mask = kept[mask_key]
+share = float(mask.mean()) if mask is not None and mask.any() else None
+
+left, right = st.columns([1, 3.2])
+with left:
+    st.image(render.overlay(image, None, lung_mask=mask if show_contour else None), width="stretch",
+             caption=f"upload, {image.shape[1]} x {image.shape[0]} px as read" + (
+                 " (green: predicted lungs)" if mask is not None and mask.any() and show_contour else ""),
+             output_format="PNG")
+    if segmenter is None:
+        st.info(segmenter_note)
+    elif share is None:
+        st.warning("The segmenter found no lungs in this image, so lung mass is not defined.")
+    else:
+        st.caption(f"Lungs cover {share:.2f} of the image: a CAM spread evenly would score lung mass {share:.2f}.")
+
+with right:
+    if not chosen:
+        st.info("Choose one or more models above.")
+    results = []
+    started = time.perf_counter()
+    for path in chosen:
+        key = (digest, path, method)
+        if key not in kept:
+            meta = by_path[path]
+            try:
+                model, _ = cache.load_model(path, Path(path).stat().st_mtime_ns)
+                kept[key] = live.explain(model, meta, image, method, mask, label=views.checkpoint_label(meta))
+            except Exception as exc:  # a broken checkpoint is one panel's problem
+                log.exception("checkpoint %s failed", path)
+                kept[key] = live.LiveCam(label=views.checkpoint_label(meta), classes=(), error=str(exc))
+        results.append(kept[key])
+    elapsed = time.perf_counter() - started
+    while len(kept) > MAX_KEPT_RESULTS:
+        kept.pop(next(iter(kept)))
+    per_row = 3  # fixed width per model, however many are chosen
+    for start in range(0, len(results), per_row):
+        cols = st.columns(per_row)
+        for offset, (col, res) in enumerate(zip(cols, results[start:start + per_row])):
+            with col.container(border=True):
+                st.markdown(f"**{res.label}**")
+                if res.error:
+                    st.warning(res.error)
+                    continue
+                st.image(render.overlay(image, res.cam, opacity=opacity, colormap=colormap,
+                                        lung_mask=mask if show_contour else None),
+                         width="stretch", output_format="PNG")
+                st.markdown(f"pred **{res.pred}** ({res.confidence:.2f})")
+                st.plotly_chart(render.probability_bars(list(res.classes), res.probs, res.pred),
+                                key=f"live_probs_{start + offset}", config={"displayModeBar": False})
+                if res.lung_mass is not None:
+                    hit = "peak on lungs" if res.pointing_hit else "peak off lungs"
+                    st.caption(f"lung mass **{res.lung_mass:.2f}** · {hit}")
+                else:
+                    st.caption("lung mass n/a (no lung mask)")
+    if results:
+        st.caption(f"{method} on CPU: {elapsed:.2f} s for {len(results)} model(s) this run "
+                   "(cached results take no time).")

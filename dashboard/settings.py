@@ -1,0 +1,75 @@
+"""Where the dashboard finds its results, checkpoints and lung segmenter, resolved once per run.
+
+The same app is started three ways: `python -m dashboard --db PATH`, `streamlit run
+dashboard/app.py -- --db PATH`, and by tests (AppTest, a headless browser) that set environment
+variables. Flags win over the environment, the environment over defaults; the defaults match the
+benchmark CLI's (results.duckdb and checkpoints/ in the working directory), so the README's
+first command and this dashboard meet without any option.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_DB = "CXR_RESULTS_DB"
+ENV_CHECKPOINTS = "CXR_CHECKPOINTS"
+ENV_SEGMENTER = "CXR_LUNG_SEGMENTER"
+ENV_LOCK_WAIT = "CXR_DB_LOCK_WAIT_S"  # seconds a page waits for a benchmark writer
+DEFAULT_DB = "results.duckdb"
+DEFAULT_CHECKPOINTS = "checkpoints"
+
+#: Uploads above this are refused in code; .streamlit/config.toml sets server.maxUploadSize to
+#: the same number so the browser refuses them first. A chest X-ray DICOM is 5-30 MB.
+MAX_UPLOAD_MB = 50
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    """Paths and limits of one dashboard process.
+
+    `cache_ttl_s` bounds how long a query result is reused when the database file did not change
+    (cache keys also carry the file's modification time, so a finished run shows at once);
+    `lock_wait_s` is how long a page waits for a benchmark writer before it shows the last
+    results it has instead.
+    """
+
+    db_path: Path
+    checkpoints_dir: Path
+    segmenter_stem: Path | None = None  # None: the project's default checkpoints/lungseg/lung_unet
+    max_upload_mb: int = MAX_UPLOAD_MB
+    cache_ttl_s: int = 600
+    lock_wait_s: float = 3.0
+
+    def __post_init__(self):
+        if self.max_upload_mb <= 0:
+            raise ValueError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--db", default=None, help=f"results database (default ${ENV_DB} or {DEFAULT_DB})")
+    p.add_argument("--checkpoints", default=None,
+                   help=f"checkpoint folder for live CAMs (default ${ENV_CHECKPOINTS} or {DEFAULT_CHECKPOINTS})")
+    p.add_argument("--segmenter", default=None,
+                   help=f"lung segmenter checkpoint stem (default ${ENV_SEGMENTER} or checkpoints/lungseg/lung_unet)")
+    return p
+
+
+def resolve_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> DashboardSettings:
+    """Settings from script arguments (unknown ones ignored: streamlit and pytest add their own)."""
+    environ = os.environ if environ is None else environ
+    args, _ = argument_parser().parse_known_args(list(argv or []))
+    segmenter = args.segmenter or environ.get(ENV_SEGMENTER)
+    return DashboardSettings(
+        db_path=Path(args.db or environ.get(ENV_DB) or DEFAULT_DB),
+        checkpoints_dir=Path(args.checkpoints or environ.get(ENV_CHECKPOINTS) or DEFAULT_CHECKPOINTS),
+        segmenter_stem=Path(segmenter) if segmenter else None,
+        lock_wait_s=float(environ.get(ENV_LOCK_WAIT) or DashboardSettings.lock_wait_s),
+    )

@@ -1,0 +1,52 @@
+"""The dashboard's shell: settings resolution, the `python -m dashboard` launcher, the sidebar."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures_db import FakeResultsSpec, build_results_db, open_page
+
+from dashboard import __main__ as launcher
+from dashboard.settings import DashboardSettings, resolve_settings
+
+
+def test_flags_win_over_environment_and_defaults():
+    env = {"CXR_RESULTS_DB": "/env/r.duckdb", "CXR_CHECKPOINTS": "/env/ck", "CXR_DB_LOCK_WAIT_S": "0.5"}
+    s = resolve_settings(["--db", "/flag/r.duckdb"], env)
+    assert s.db_path == Path("/flag/r.duckdb") and s.checkpoints_dir == Path("/env/ck") and s.lock_wait_s == 0.5
+    d = resolve_settings([], {})
+    assert d.db_path == Path("results.duckdb") and d.checkpoints_dir == Path("checkpoints")
+    assert d.segmenter_stem is None
+
+
+def test_foreign_arguments_are_ignored_not_abbreviated():
+    """pytest's or streamlit's own flags reach the script's argv; none may be taken for ours."""
+    s = resolve_settings(["tests/x.py", "-q", "--d", "/nope", "--durations=5", "--db=/yes.duckdb"], {})
+    assert s.db_path == Path("/yes.duckdb")
+
+
+def test_settings_validate_upload_limit():
+    with pytest.raises(ValueError, match="max_upload_mb"):
+        DashboardSettings(db_path=Path("x"), checkpoints_dir=Path("y"), max_upload_mb=0)
+
+
+def test_launcher_builds_the_streamlit_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = launcher.build_parser().parse_args(["--db", "r.duckdb", "--port", "8611"])
+    cmd = launcher.streamlit_command(args)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("dashboard/app.py")
+    assert cmd[cmd.index("--server.port") + 1] == "8611"
+    assert cmd[cmd.index("--server.maxUploadSize") + 1] == "50"
+    after = cmd[cmd.index("--") + 1:]
+    assert after[after.index("--db") + 1] == str(tmp_path / "r.duckdb")  # relative to the caller
+    assert after[after.index("--checkpoints") + 1] == str(tmp_path / "checkpoints")
+
+
+def test_sidebar_counts_and_reload(tmp_path, monkeypatch):
+    db = build_results_db(tmp_path, FakeResultsSpec(datasets=("d1",), models=("shallow",)))
+    monkeypatch.setenv("CXR_RESULTS_DB", str(db))
+    at = open_page()
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "1 finished runs" in captions and "1 failed" in captions and str(db) in captions
+    at.sidebar.button(key="reload_results").click().run()
+    assert not at.exception

@@ -1,0 +1,206 @@
+"""End to end in a real headless Chromium: a phantom benchmark run, the dashboard served on its DB.
+
+Every page must render its main elements, and an upload in Live CAM must come back with CAM
+overlays. Screenshots of each page are saved in the test's tmp folder (look at them when
+changing a page). Needs Debian's chromium and chromium-driver (CI installs them); skipped only
+when they are absent.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory):
+    """A real (tiny) benchmark run: results DB and checkpoint, as the README's first command makes."""
+    root = tmp_path_factory.mktemp("e2e")
+    env = {**os.environ, "CXR_CACHE": str(root / "cache")}
+    cmd = [sys.executable, "-m", "benchmark", "run", "--data", "phantom", "--models", "shallow", "--epochs", "1",
+           "--n-phantom", "60", "--image-size", "64", "--db", str(root / "results.duckdb"), "--device", "cpu",
+           "--checkpoint-dir", str(root / "checkpoints"), "--cam-methods", "gradcam", "--no-progress"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(phantom_run):
+    port = _free_port()
+    env = {**os.environ, "CXR_LUNG_SEGMENTER": str(phantom_run / "no-segmenter" / "lung_unet")}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--",
+           "--db", str(phantom_run / "results.duckdb"), "--checkpoints", str(phantom_run / "checkpoints")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_health(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.skip(f"chromium not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1500,1200",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _settle(driver, css: str, timeout: float = 90):
+    """Wait until the app run finished (no running indicator) and `css` is on the page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def ready(d):
+        if d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'):
+            return False
+        return d.find_elements(By.CSS_SELECTOR, css) or False
+
+    found = WebDriverWait(driver, timeout, poll_frequency=0.3).until(ready)
+    time.sleep(0.5)  # let images decode before a screenshot
+    return found
+
+
+def _settle_text(driver, text: str, timeout: float = 90) -> str:
+    """Wait until the main area's text contains `text` and the app run finished; returns the text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def ready(d):
+        if d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'):
+            return False
+        main = d.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"]')
+        return main and text in main[0].text and main[0].text
+
+    found = WebDriverWait(driver, timeout, poll_frequency=0.3).until(ready)
+    time.sleep(0.5)
+    return found
+
+
+def _shot(driver, path: Path) -> None:
+    height = driver.execute_script(
+        "const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : 1200")
+    driver.set_window_size(1500, min(max(900, int(height) + 120), 5000))
+    time.sleep(0.5)
+    driver.save_screenshot(str(path))
+    driver.set_window_size(1500, 1200)
+
+
+def test_every_page_renders_and_live_cam_shows_overlays(server, browser, tmp_path, cxr_data_file):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server)
+    _settle(browser, '[data-testid="stDataFrame"]')
+    assert "Leaderboard" in browser.find_element(By.TAG_NAME, "h1").text
+    assert "shallow" in browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text or \
+        browser.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"] canvas')
+    _shot(browser, tmp_path / "leaderboard.png")
+
+    browser.get(server + "/compare")
+    _settle(browser, '[data-testid="stImage"] img')
+    assert "Compare" in browser.find_element(By.TAG_NAME, "h1").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"] img')) >= 2  # X-ray + model
+    assert "pred" in browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
+    _shot(browser, tmp_path / "compare.png")
+
+    browser.get(server + "/misclassifications")
+    _settle(browser, ".st-key-mis_export")
+    text = browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
+    assert "predictions" in text
+    if "No prediction passes" not in text:
+        assert browser.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"] img')
+    _shot(browser, tmp_path / "misclassifications.png")
+
+    browser.get(server + "/live_cam")
+    upload = _settle(browser, '.st-key-live_upload input[type="file"]')[0]
+    upload.send_keys(str(cxr_data_file))
+    _settle_text(browser, "on CPU:")  # the timing line closes the results
+    _settle(browser, '[data-testid="stPlotlyChart"]')
+    main = browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]')
+    assert len(main.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"] img')) >= 2  # upload + overlay
+    assert "pred " in main.text and "cannot be used" not in main.text
+    _shot(browser, tmp_path / "live_cam.png")
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(cxr_data_file.read_bytes()[:500])
+    browser.find_element(By.CSS_SELECTOR, '.st-key-live_upload input[type="file"]').send_keys(str(corrupt))
+    text = _settle_text(browser, "cannot be used")
+    assert "truncated" in text or "corrupt" in text
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')  # old results gone
+    _shot(browser, tmp_path / "live_cam_corrupt.png")
+    for name in ("leaderboard", "compare", "misclassifications", "live_cam", "live_cam_corrupt"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def cxr_data_file(tmp_path_factory) -> Path:
+    """A real X-ray from $CXR_DATA, else one of the hostile-but-valid files, else a drawn phantom."""
+    from conftest import BAD_INPUTS, CXR_DATA
+
+    real = sorted((CXR_DATA / "cohen" / "images").glob("*.jpg"))[:1]
+    if real:
+        return real[0]
+    if (BAD_INPUTS / "dx-monochrome2-windowed.dcm").is_file():
+        return BAD_INPUTS / "dx-monochrome2-windowed.dcm"
+    from fixtures_db import xray_image
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("upload") / "phantom.png"
+    Image.fromarray(xray_image(256, np.random.default_rng(0), marker=True)).save(path)
+    return path

@@ -1,0 +1,144 @@
+"""Compare page: one image, the top models' CAMs side by side or one model across methods; overlays."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fixtures_db import build_results_db, open_page, texts
+
+from benchmark.store import queries, reader
+from dashboard import render
+
+PAGE = "pages/compare.py"
+
+
+@pytest.fixture(scope="module")
+def results_db(tmp_path_factory):
+    return build_results_db(tmp_path_factory.mktemp("cmp"))
+
+
+@pytest.fixture
+def app_env(results_db, monkeypatch):
+    monkeypatch.setenv("CXR_RESULTS_DB", str(results_db))
+    return results_db
+
+
+def _panel_titles(at) -> list[str]:
+    return [m.value.strip("*") for m in at.markdown if m.value.startswith("**") and "True class" not in m.value]
+
+
+def test_top_k_models_side_by_side(app_env):
+    at = open_page(PAGE)
+    assert not at.exception
+    assert at.selectbox(key="cmp_method").value == "gradcam"
+    image_id = at.selectbox(key="cmp_image").value
+    with reader(app_env) as con:
+        preds = queries.image_predictions(con, image_id)
+    expected = [m + (" (ImageNet)" if p else "") for m, p in zip(preds.model, preds.pretrained)]
+    assert _panel_titles(at)[:3] == expected[:3]
+    assert len(at.image) == 1 + 3  # the X-ray and three overlays
+    at.slider(key="cmp_k").set_value(1).run()
+    assert len(at.image) == 1 + 1 and len(_panel_titles(at)) == 1
+    with reader(app_env) as con:
+        mass = queries.image_cams(con, image_id, "gradcam").set_index("run_id").lung_mass
+    assert f"lung mass {mass[preds.run_id[0]]:.2f}" in texts(at)
+
+
+def test_stepping_and_class_filter_change_the_image(app_env):
+    at = open_page(PAGE)
+    first = at.selectbox(key="cmp_image").value
+    at.button(key="cmp_next").click().run()
+    second = at.selectbox(key="cmp_image").value
+    assert second != first
+    at.button(key="cmp_prev").click().run()
+    assert at.selectbox(key="cmp_image").value == first
+    at.selectbox(key="cmp_label").set_value("normal").run()
+    assert "True class: normal" in texts(at)
+    assert not at.exception
+
+
+def test_one_model_across_methods_and_dataset_switch(app_env):
+    at = open_page(PAGE)
+    at.radio(key="cmp_mode").set_value("One model, every CAM method").run()
+    assert not at.exception
+    assert sorted(_panel_titles(at)) == ["cam", "gradcam"]
+    at.selectbox(key="cmp_dataset").set_value("phantom-shortcut").run()
+    assert at.selectbox(key="cmp_image").value.startswith("phantom-shortcut")
+    assert not at.exception
+
+
+def test_query_params_open_an_image_and_model(app_env):
+    at = open_page()
+    at.query_params.update({"dataset": "phantom-shortcut", "image": "phantom-shortcut-00005",
+                            "run": "phantom-shortcut-shallow"})
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert at.selectbox(key="cmp_dataset").value == "phantom-shortcut"
+    assert at.selectbox(key="cmp_image").value == "phantom-shortcut-00005"
+    assert at.selectbox(key="cmp_run").value == "phantom-shortcut-shallow"
+    assert at.radio(key="cmp_mode").value == "One model, every CAM method"
+
+
+def test_stale_link_falls_back_instead_of_failing(app_env):
+    at = open_page()
+    at.query_params.update({"dataset": "gone", "image": "nope", "method": "nomethod"})
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert at.selectbox(key="cmp_dataset").value == "phantom-clean"
+
+
+def test_missing_image_file_is_reported(tmp_path, monkeypatch):
+    db = build_results_db(tmp_path)
+    for png in (tmp_path / "phantom-clean" / "images").glob("*.png"):
+        png.unlink()
+    monkeypatch.setenv("CXR_RESULTS_DB", str(db))
+    monkeypatch.delenv("CXR_DATA", raising=False)
+    at = open_page(PAGE)
+    assert not at.exception
+    assert "not on this machine" in texts(at)
+
+
+# ----------------------------------------------------------------------------- render
+
+def test_overlay_tints_only_where_the_map_is_hot():
+    image = np.full((40, 40), 100, np.uint8)
+    cam = np.zeros((4, 4), np.float32)
+    cam[0, 0] = 1.0
+    out = render.overlay(image, cam, opacity=0.8, colormap="Jet")
+    assert out.shape == (40, 40, 3) and out.dtype == np.uint8
+    assert not np.array_equal(out[0, 0], [100, 100, 100])   # hot corner is coloured
+    assert np.array_equal(out[-1, -1], [100, 100, 100])     # cold corner keeps the X-ray
+    assert np.array_equal(render.overlay(image, cam, opacity=0.0), render.to_rgb(image))
+
+
+def test_overlay_survives_constant_and_nan_maps():
+    image = np.zeros((16, 16), np.uint8)
+    for cam in (np.zeros((2, 2)), np.full((2, 2), np.nan)):
+        out = render.overlay(image, cam, opacity=1.0)
+        assert np.array_equal(out, render.to_rgb(image))
+
+
+def test_contour_is_the_mask_boundary():
+    mask = np.zeros((10, 10), bool)
+    mask[2:8, 2:8] = True
+    edge = render.contour(mask)
+    assert edge.sum() == 20 and not edge[4, 4] and edge[2, 2] and not edge[0, 0]
+    out = render.overlay(np.zeros((10, 10), np.uint8), None, lung_mask=mask)
+    assert tuple(out[2, 5]) == render.CONTOUR_RGB and tuple(out[5, 5]) == (0, 0, 0)
+
+
+def test_resize_map_matches_torch_bilinear():
+    import torch
+    import torch.nn.functional as F
+
+    cam = np.random.default_rng(0).random((7, 5)).astype(np.float32)
+    ours = render.resize_map(cam, (30, 22))
+    ref = F.interpolate(torch.from_numpy(cam)[None, None], size=(30, 22), mode="bilinear",
+                        align_corners=False)[0, 0].numpy()
+    assert np.allclose(ours, ref, atol=1e-5)
+
+
+def test_colormap_lut_and_unknown_name():
+    lut = render.colormap_lut("Viridis")
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8 and not np.array_equal(lut[0], lut[-1])
+    with pytest.raises(ValueError, match="choose one of"):
+        render.colormap_lut("rainbow-unicorn")

@@ -1,0 +1,200 @@
+"""Leaderboard page: accuracy beside lung focus, probes, the uniform-map baseline, and the store reads."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from fixtures_db import FakeResultsSpec, build_results_db, lung_mask, open_page, texts
+
+from benchmark.store import queries, reader
+from dashboard import images, views
+
+PAGE = None  # the leaderboard is the default page
+
+
+@pytest.fixture(scope="module")
+def results_db(tmp_path_factory):
+    return build_results_db(tmp_path_factory.mktemp("lb"))
+
+
+@pytest.fixture
+def app_env(results_db, monkeypatch):
+    monkeypatch.setenv("CXR_RESULTS_DB", str(results_db))
+    return results_db
+
+
+def _board(at):
+    return at.dataframe[0].value  # AppTest keeps no key on dataframes: the leaderboard is the first
+
+
+def test_leaderboard_shows_every_done_run_and_no_failed_one(app_env):
+    at = open_page()
+    assert not at.exception
+    board = _board(at)
+    assert len(board) == 6  # 2 datasets x 3 models; the failed runs (accuracy 0.99) stay out
+    assert not board.run_id.str.contains("failed").any()
+    assert board.accuracy.is_monotonic_decreasing
+    assert at.get("plotly_chart"), "the accuracy / lung-focus scatter is drawn"
+    with reader(app_env) as con:
+        acc = con.execute("SELECT value FROM metrics WHERE run_id = 'phantom-shortcut-resnet18' "
+                          "AND metric = 'accuracy' AND split = 'test'").fetchone()[0]
+        mass = con.execute("SELECT avg(lung_mass) FROM cams WHERE run_id = 'phantom-shortcut-resnet18' "
+                           "AND method = 'gradcam'").fetchone()[0]
+    row = board[board.run_id == "phantom-shortcut-resnet18"].iloc[0]
+    assert row.accuracy == pytest.approx(acc) and row.lung_mass == pytest.approx(mass)
+
+
+def test_filters_change_the_table(app_env):
+    at = open_page()
+    at.multiselect(key="lb_datasets").set_value(["phantom-clean"]).run()
+    assert set(_board(at).dataset) == {"phantom-clean"} and len(_board(at)) == 3
+
+    gradcam = _board(at).set_index("run_id").lung_mass
+    at.selectbox(key="lb_method").set_value("cam").run()
+    cam = _board(at).set_index("run_id").lung_mass
+    assert not np.allclose(gradcam.sort_index(), cam.sort_index())
+
+    at.selectbox(key="lb_sort").set_value("lung mass (low first)").run()
+    assert _board(at).lung_mass.is_monotonic_increasing
+
+    at.selectbox(key="lb_class").set_value("covid").run()
+    board = _board(at)
+    assert board.sensitivity_ci.str.startswith("[").all(), "one class: sensitivity with its CI"
+    with reader(app_env) as con:
+        sens = con.execute("SELECT value FROM metrics WHERE run_id = 'phantom-clean-shallow' AND "
+                           "metric = 'sensitivity' AND class_name = 'covid'").fetchone()[0]
+    assert board.set_index("run_id").at["phantom-clean-shallow", "sensitivity"] == pytest.approx(sens)
+    assert not at.exception
+
+
+def test_probes_and_external_drop(app_env):
+    at = open_page()
+    board = _board(at).set_index("run_id")
+    # the fixture's shortcut model keeps its accuracy without lungs; the lung model falls to chance
+    assert board.at["phantom-shortcut-resnet18", "lungs_removed_acc"] > 0.9
+    assert board.at["phantom-shortcut-shallow", "lungs_removed_acc"] < 0.4
+    # the drop is measured against the intact accuracy on the same images (the 'intact' probe)
+    with reader(app_env) as con:
+        intact, removed = (con.execute("SELECT value FROM probes WHERE run_id = 'phantom-shortcut-shallow' "
+                                       "AND probe = ?", [p]).fetchone()[0] for p in ("intact", "lungs_removed"))
+    assert board.at["phantom-shortcut-shallow", "lungs_removed_drop"] == pytest.approx(intact - removed)
+    marker = board["marker_mass"]
+    assert marker["phantom-shortcut-resnet18"] > 0.3 > marker["phantom-shortcut-shallow"]
+    assert board.at["phantom-shortcut-resnet18", "external_dataset"] == "phantom-clean"
+    ext = board.at["phantom-shortcut-resnet18", "external_drop"]
+    assert ext == pytest.approx(board.at["phantom-shortcut-resnet18", "accuracy"]
+                                - board.at["phantom-shortcut-resnet18", "external_acc"])
+    probes = at.dataframe[1].value
+    assert set(probes.probe) >= {"intact", "lungs_removed", "lungs_only", "external:phantom-clean"}
+    ext_row = probes[(probes.model == "resnet18") & (probes.probe == "external:phantom-clean")].iloc[0]
+    assert ext_row.reference == pytest.approx(board.at["phantom-shortcut-resnet18", "accuracy"])
+
+
+def test_uniform_baseline_is_the_lungs_share_of_the_masks(app_env):
+    expected = float(lung_mask(FakeResultsSpec().image_size).mean())
+    at = open_page()
+    board = _board(at)
+    assert board.uniform_baseline.to_numpy() == pytest.approx(expected)
+    assert f"{expected:.3f}" in texts(at)
+    with reader(app_env) as con:
+        paths = list(queries.mask_paths(con, "phantom-clean").mask_path)
+    share, n = images.lung_share(paths)
+    assert share == pytest.approx(expected) and n == FakeResultsSpec().n_test
+
+
+def test_no_database_says_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_RESULTS_DB", str(tmp_path / "none.duckdb"))
+    for page in (None, "pages/compare.py", "pages/misclassifications.py"):
+        at = open_page(page)
+        assert not at.exception
+        assert "python -m benchmark run --db" in texts(at)
+
+
+def test_db_without_done_runs(tmp_path, monkeypatch):
+    db = build_results_db(tmp_path, FakeResultsSpec(datasets=("d",), models=(), with_probes=False))
+    monkeypatch.setenv("CXR_RESULTS_DB", str(db))
+    at = open_page()
+    assert not at.exception and "no finished runs" in texts(at)
+
+
+def test_locked_database_keeps_showing_last_results(tmp_path, monkeypatch):
+    """A benchmark writer holds the file: the page shows what it read before, and says so."""
+    db = build_results_db(tmp_path, FakeResultsSpec(datasets=("d1",), models=("shallow", "resnet18")))
+    monkeypatch.setenv("CXR_RESULTS_DB", str(db))
+    monkeypatch.setenv("CXR_DB_LOCK_WAIT_S", "0.3")
+    at = open_page()
+    assert len(_board(at)) == 2
+    script = textwrap.dedent(f"""
+        import duckdb, time
+        con = duckdb.connect({str(db)!r})
+        con.execute("CREATE TABLE scratch AS SELECT 1 AS x")  # a write: the file's stamp changes
+        con.execute("CHECKPOINT")
+        print("locked", flush=True)
+        time.sleep(30)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        at.run()
+        assert not at.exception
+        assert len(_board(at)) == 2
+        assert "writing to the results database" in texts(at)
+        fresh = open_page("pages/misclassifications.py")  # never read before: nothing to fall back on
+        assert not fresh.exception
+        assert "writing to the results database" in texts(fresh)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_views_leaderboard_mean_over_classes_has_no_ci(results_db):
+    with reader(results_db) as con:
+        summary, cm = queries.summary(con), queries.class_metrics(con)
+        focus, probes = queries.lung_focus_by_run(con), queries.probe_results(con)
+    board = views.leaderboard(summary, cm, focus, probes, "gradcam")
+    assert board.sensitivity_ci_low.isna().all()
+    expected = cm[(cm.run_id == "phantom-clean-resnet18") & (cm.metric == "sensitivity")].value.mean()
+    assert board.set_index("run_id").at["phantom-clean-resnet18", "sensitivity"] == pytest.approx(expected)
+    assert board.auc.tolist() == pytest.approx(board.macro_auc.tolist())
+    assert views.leaderboard(summary.iloc[0:0], cm, focus, probes, "gradcam").empty
+
+
+def test_queries_external_metrics_split_becomes_a_probe_row(tmp_path):
+    """External validation stored as a metrics split (DESIGN.md) shows like a probe."""
+    import pandas as pd
+
+    from benchmark.store import write_run
+    from benchmark.store.writes import RunBundle
+
+    db = tmp_path / "r.duckdb"
+    metrics = pd.DataFrame([
+        {"split": "test", "metric": "accuracy", "class_name": "", "value": 0.9, "ci_low": 0.8, "ci_high": 1.0},
+        {"split": "external:other", "metric": "accuracy", "class_name": "", "value": 0.5, "ci_low": 0.4,
+         "ci_high": 0.6}])
+    write_run(db, RunBundle(run={"run_id": "r", "model": "m", "dataset": "d", "pretrained": False,
+                                 "status": "done"}, tables={"metrics": metrics}))
+    with reader(db) as con:
+        probes = queries.probe_results(con)
+        summary = queries.summary(con)
+    assert probes.probe.tolist() == ["external:other"] and probes.value.tolist() == [0.5]
+    drop = views.probe_summary(probes, summary).iloc[0]
+    assert drop.external_drop == pytest.approx(0.4) and drop.external_dataset == "other"
+
+
+def test_scatter_has_one_point_per_run_and_the_baselines(results_db):
+    from dashboard import render
+
+    with reader(results_db) as con:
+        board = views.leaderboard(queries.summary(con), queries.class_metrics(con), queries.lung_focus_by_run(con),
+                                  queries.probe_results(con), "gradcam")
+    fig = render.accuracy_focus_scatter(board, {"phantom-clean": 0.25, "phantom-shortcut": 0.25})
+    points = [(x, y) for tr in fig.data for x, y in zip(tr.x, tr.y)]
+    assert len(points) == len(board) == 6
+    assert sorted(points) == sorted(zip(board.lung_mass, board.accuracy))
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert [ln.x0 for ln in lines] == [0.25]  # equal baselines share one line
+    fig = render.accuracy_focus_scatter(board, {"phantom-clean": 0.2, "phantom-shortcut": 0.3, "absent": 0.5})
+    assert sorted(s.x0 for s in fig.layout.shapes if s.type == "line") == [0.2, 0.3]
