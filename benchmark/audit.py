@@ -21,7 +21,7 @@ from .probes import probe_rows
 @dataclass(frozen=True)
 class AuditOptions:
     cam_methods: tuple[str, ...] = ("cam", "gradcam")
-    faithfulness_sample: int = 16
+    faithfulness_sample: int = 8
     probes: bool = True
     segmenter: str | None = None
     cache_dir: str | None = None

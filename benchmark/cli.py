@@ -38,7 +38,7 @@ def _add_cam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmenter", default=None,
                    help="lung segmenter checkpoint stem for images without ground-truth masks "
                         "(default checkpoints/lungseg/lung_unet; train: python -m benchmark lungs train)")
-    p.add_argument("--faithfulness-sample", type=int, default=16,
+    p.add_argument("--faithfulness-sample", type=int, default=8,
                    help="test images per CAM method scored for faithfulness (ROAD, confidence drop); 0 skips")
 
 

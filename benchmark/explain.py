@@ -42,6 +42,19 @@ def _cam_targets(preds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     return idx, tgt, kinds
 
 
+def marker_region(marker_masks: np.ndarray, cell: float) -> np.ndarray:
+    """The planted marker grown by one CAM cell on each side.
+
+    A layer-resolution map (7 x 7 for resnet18 at 224 px) cannot put its mass on a 9-pixel
+    marker, only on the cell that holds it; measuring against the exact marker pixels would
+    read ~0 even for a model that looks only at the marker.
+    """
+    k = max(1, int(np.ceil(cell)))
+    t = torch.from_numpy(marker_masks.astype(np.float32)).unsqueeze(1)
+    grown = torch.nn.functional.max_pool2d(t, kernel_size=2 * k + 1, stride=1, padding=k)
+    return grown.squeeze(1).numpy() > 0
+
+
 def cam_rows(model, images: np.ndarray, masks: np.ndarray, mask_sources: list[str], preds: np.ndarray,
              labels: np.ndarray, image_ids: list[str], classes: list[str], methods: Sequence[str],
              device: torch.device, *, split: str = "test", batch_size: int = 32,
@@ -65,7 +78,8 @@ def cam_rows(model, images: np.ndarray, masks: np.ndarray, mask_sources: list[st
             "lung_iou": [f.lung_iou for f in focus], "mask_source": [mask_sources[i] or None for i in idx],
         })
         if marker_masks is not None:
-            df["marker_mass"] = [f.lung_mass for f in lung_focus_batch(maps, marker_masks[idx])]
+            region = marker_region(marker_masks[idx], cell=images.shape[-1] / maps16.shape[-1])
+            df["marker_mass"] = [f.lung_mass for f in lung_focus_batch(maps, region)]
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

@@ -52,7 +52,7 @@ class JobSpec:
     n_phantom: int | None = None
     n_boot: int = 1000
     cam_methods: tuple[str, ...] = ("cam", "gradcam")
-    faithfulness_sample: int = 16
+    faithfulness_sample: int = 8
     segmenter: str | None = None           # lung segmenter stem; None: checkpoints/lungseg/lung_unet
     checkpoint_dir: str = "checkpoints"
     cache_dir: str | None = None

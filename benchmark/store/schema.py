@@ -68,7 +68,7 @@ TABLES: dict[str, str] = {
             target_class VARCHAR, target_kind VARCHAR,   -- pred | true
             height INTEGER, width INTEGER, cam BLOB,     -- float16 bytes, row-major height x width
             lung_mass DOUBLE, pointing_hit BOOLEAN, lung_iou DOUBLE, mask_source VARCHAR,
-            marker_mass DOUBLE                           -- phantom only: CAM mass on the planted marker
+            marker_mass DOUBLE    -- phantom only: CAM mass on the planted marker, grown by one CAM cell
         )""",
     "probes": """
         CREATE TABLE IF NOT EXISTS probes (
@@ -94,9 +94,17 @@ TABLES: dict[str, str] = {
 RUN_TABLES = ("predictions", "metrics", "cams", "probes", "faithfulness")
 
 
+# Columns added after a table first shipped: older result files get them on open (add, never rename).
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    ("cams", "marker_mass", "DOUBLE"),
+]
+
+
 def create_all(con) -> None:
     for ddl in TABLES.values():
         con.execute(ddl)
+    for table, column, kind in ADDED_COLUMNS:
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
     con.execute(
         "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
     )
