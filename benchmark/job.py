@@ -71,8 +71,9 @@ class JobSpec:
         return f"{name}-{hashlib.sha1(blob).hexdigest()[:10]}"
 
 
-def input_size(spec: JobSpec) -> int:
-    return spec.image_size or get_spec(spec.model).input_size
+def input_size(spec: JobSpec, dataset: Dataset) -> int:
+    """--image-size, else the dataset preset's default (phantom: 128), else the architecture's own."""
+    return spec.image_size or dataset.input_size or get_spec(spec.model).input_size
 
 
 def load_job_dataset(spec: JobSpec) -> Dataset:
@@ -85,7 +86,7 @@ def run_job(spec: JobSpec) -> RunBundle:
     started = dt.datetime.now()
     device = resolve_device(spec.device)
     dataset = load_job_dataset(spec)
-    size = input_size(spec)
+    size = input_size(spec, dataset)
     cache = DecodeCache(Path(spec.cache_dir) if spec.cache_dir else None)
     decoded = cache.load(dataset.records, size, progress=spec.progress)
     records, images = decoded.records, decoded.images

@@ -36,6 +36,7 @@ class Dataset:
     classes: list[str]
     records: list[ImageRecord]
     description: str = ""
+    input_size: int | None = None  # the preset's default model input size (None: each model's own)
 
     def split(self, split: str) -> list[ImageRecord]:
         return [r for r in self.records if r.split == split]
@@ -132,7 +133,8 @@ def load_dataset(name: str, *, data_root: str | Path | None = None, data_seed: i
         r.dataset = key
     patient_split(records, seed=data_seed)
     log.info("dataset %s: %d images, classes %s", key, len(records), classes)
-    return Dataset(name=key, classes=classes, records=records, description=desc)
+    default_size = table[name].get("input_size") if name in table else None
+    return Dataset(name=key, classes=classes, records=records, description=desc, input_size=default_size)
 
 
 def list_presets() -> list[tuple[str, str]]:
