@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
     ids = {s["run_id"] for s in statuses}
     table = table[table.run_id.isin(ids)]
     print_summary(table, statuses)
-    print(f"\nResults in {args.db}. Dashboard: streamlit run dashboard/app.py -- --db {args.db}")
+    print(f"\nResults in {args.db}. Dashboard: python -m dashboard --db {args.db}")
     if args.data.startswith("phantom"):
         print(REAL_DATA_HINT)
     return 1 if any(s["status"] == "failed" for s in statuses) else 0

@@ -32,7 +32,7 @@ def test_phantom_run_writes_everything(tmp_path, cache_env, capsys):
                "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "Summary" in out and "resnet18" in out and "streamlit run dashboard/app.py" in out
+    assert "Summary" in out and "resnet18" in out and "python -m dashboard --db" in out
     with reader(db) as con:
         runs = queries.runs(con)
         assert sorted(runs.model) == ["resnet18", "shallow"]
