@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from pathlib import Path
 
 from .errors import BenchmarkError
 

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from benchmark.cli import main
 from benchmark.store import queries, reader

@@ -18,10 +18,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from benchmark.cams.fast import (
     _check_target_range,
-    check_targets,
+    check_batch_args,
     normalise_maps,
     prepare_images,
-    resolve_device,
     upsample_maps,
 )
 from benchmark.cams.methods import CamMethod, resolve_cam_method
@@ -82,11 +81,7 @@ def preserved_model_state(model: torch.nn.Module) -> Iterator[None]:
 
 def _pytorch_grad_cam_maps(model, entry: CamMethod, images, targets, *, batch_size, device) -> torch.Tensor:
     """Reference path: pytorch-grad-cam's own classes, maps at layer resolution."""
-    device = resolve_device(model, device)
-    check_targets(targets, images.shape[0])
-    if batch_size < 1:
-        raise BenchmarkError(f"batch_size must be >= 1, got {batch_size}")
-    targets_cpu = targets.detach().to("cpu", torch.int64)
+    device, targets_cpu = check_batch_args(model, images, targets, batch_size, device)
     maps: list[torch.Tensor] = []
     # a frozen model's layer outputs need a graph for pytorch-grad-cam's gradient hooks
     needs_input_grad = not any(param.requires_grad for param in model.parameters())

@@ -86,6 +86,15 @@ def check_targets(targets: torch.Tensor, n_images: int) -> None:
         raise BenchmarkError(f"target classes must be >= 0, got {int(targets.min())}")
 
 
+def check_batch_args(model, images, targets, batch_size: int, device) -> tuple[torch.device, torch.Tensor]:
+    """Validate a CAM call's arguments once: (the model's device, targets as CPU int64)."""
+    device = resolve_device(model, device)
+    check_targets(targets, images.shape[0])
+    if batch_size < 1:
+        raise BenchmarkError(f"batch_size must be >= 1, got {batch_size}")
+    return device, targets.detach().to("cpu", torch.int64)
+
+
 def _check_target_range(targets: torch.Tensor, num_classes: int) -> None:
     """Checked on the CPU before indexing: an out-of-range index on CUDA is a device assert."""
     if targets.numel() and int(targets.max()) >= num_classes:
@@ -134,11 +143,7 @@ def _classifier_weight(model) -> torch.Tensor:
 
 def _run_batched(model, images, targets, batch_size, device, amp, one_batch) -> torch.Tensor:
     """Shared loop: hook once, run `one_batch` per slice, one copy to the CPU at the end."""
-    device = resolve_device(model, device)
-    check_targets(targets, images.shape[0])
-    if batch_size < 1:
-        raise BenchmarkError(f"batch_size must be >= 1, got {batch_size}")
-    targets_cpu = targets.detach().to("cpu", torch.int64)
+    device, targets_cpu = check_batch_args(model, images, targets, batch_size, device)
     maps: list[torch.Tensor] = []
     nonfinite = torch.zeros((), dtype=torch.int64, device=device)
     with capture_layer_output(model.cam_target_layer) as outputs:

@@ -1,6 +1,7 @@
 """Writes: every run's rows go in one transaction, so a crash or kill never leaves part of a run."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
@@ -60,26 +61,33 @@ def _insert_images(con, images: pd.DataFrame | None, rejected: pd.DataFrame | No
             con.unregister("_rej")
 
 
+@contextlib.contextmanager
+def transaction(db_path: str | Path):
+    """A write connection inside BEGIN ... COMMIT, rolled back on any exception (or a kill)."""
+    with writer(db_path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
 def write_run(db_path: str | Path, bundle: RunBundle) -> None:
     """Replace any earlier rows of this run_id and write the bundle, all in one transaction."""
     run = dict(bundle.run)
     run_id = run["run_id"]
     run.setdefault("finished_at", dt.datetime.now())
-    with writer(db_path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _delete_run_rows(con, run_id)
-            _insert_images(con, bundle.images, bundle.rejected)
-            _insert_df(con, "runs", pd.DataFrame([run]))
-            for table, df in bundle.tables.items():
-                if table not in schema.RUN_TABLES:
-                    raise ValueError(f"{table} is not a per-run table; choose from {schema.RUN_TABLES}")
-                if df is not None and not df.empty:
-                    _insert_df(con, table, df.assign(run_id=run_id))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with transaction(db_path) as con:
+        _delete_run_rows(con, run_id)
+        _insert_images(con, bundle.images, bundle.rejected)
+        _insert_df(con, "runs", pd.DataFrame([run]))
+        for table, df in bundle.tables.items():
+            if table not in schema.RUN_TABLES:
+                raise ValueError(f"{table} is not a per-run table; choose from {schema.RUN_TABLES}")
+            if df is not None and not df.empty:
+                _insert_df(con, table, df.assign(run_id=run_id))
     log.info("stored run %s (%s)", run_id, run.get("status"))
 
 
@@ -103,29 +111,20 @@ def replace_run_tables(db_path: str | Path, run_id: str, tables: dict[str, tuple
     for table in tables:
         if table not in schema.RUN_TABLES:
             raise ValueError(f"{table} is not a per-run table; choose from {schema.RUN_TABLES}")
-    with writer(db_path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _insert_images(con, images, rejected)
-            if run_row is not None and not con.execute(
-                    "SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
-                _insert_df(con, "runs", pd.DataFrame([run_row]))
-            for table, (df, where) in tables.items():
-                clause = " AND ".join(["run_id = ?"] + [f"{k} = ?" for k in where])
-                con.execute(f"DELETE FROM {table} WHERE {clause}", [run_id, *where.values()])
-                if df is not None and not df.empty:
-                    _insert_df(con, table, df.assign(run_id=run_id))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with transaction(db_path) as con:
+        _insert_images(con, images, rejected)
+        if run_row is not None and not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
+            _insert_df(con, "runs", pd.DataFrame([run_row]))
+        for table, (df, where) in tables.items():
+            clause = " AND ".join(["run_id = ?"] + [f"{k} = ?" for k in where])
+            con.execute(f"DELETE FROM {table} WHERE {clause}", [run_id, *where.values()])
+            if df is not None and not df.empty:
+                _insert_df(con, table, df.assign(run_id=run_id))
 
 
 def write_images(db_path: str | Path, images: pd.DataFrame, rejected: pd.DataFrame | None) -> None:
-    with writer(db_path) as con:
-        con.execute("BEGIN TRANSACTION")
+    with transaction(db_path) as con:
         _insert_images(con, images, rejected)
-        con.execute("COMMIT")
 
 
 def write_segmenter(db_path: str | Path, row: dict) -> None:
