@@ -79,13 +79,17 @@ def leaderboard(summary: pd.DataFrame, class_metrics: pd.DataFrame, focus: pd.Da
     board = board.drop(columns=[c for c in board.columns if c.startswith("_class_auc")])
 
     f = focus[focus.method == method] if method is not None and not focus.empty else focus.iloc[0:0]
-    focus_cols = ["run_id", "lung_mass", "pointing_game", "lung_iou", "marker_mass", "n_cams", "n_scored"]
+    focus_cols = ["run_id", "lung_mass", "pointing_game", "lung_iou", "marker_mass", "lung_mass_ceiling",
+                  "n_cams", "n_scored"]
     f = f.reindex(columns=focus_cols) if not f.empty else pd.DataFrame(columns=focus_cols)
     board = board.merge(f, on="run_id", how="left")
     base = board["dataset"].map(lambda d: (baselines or {}).get(d))
     board["uniform_baseline"] = pd.to_numeric(base, errors="coerce")
     board["lung_mass_vs_uniform"] = board["lung_mass"] / board["uniform_baseline"]
     board["shortcut_gap"] = board["accuracy"] - board["lung_mass"]
+    # 0 = no better than a uniform map, 1 = as lung-focused as a map of this resolution can be
+    span = board["lung_mass_ceiling"] - board["uniform_baseline"]
+    board["lung_focus_score"] = ((board["lung_mass"] - board["uniform_baseline"]) / span).where(span > 0.05)
     return board.merge(probe_summary(probes, summary), on="run_id", how="left")
 
 

@@ -116,15 +116,18 @@ def lung_focus_by_run(con, split: str = "test", target_kind: str = "pred") -> pd
     `n_cams` counts every map, `n_scored` those with a lung_mass (an image without a lung mask
     has none), so the dashboard can say how many maps a mean rests on. `marker_mass` (phantom
     data only) is the mean CAM mass on the planted text marker: the shortcut made visible.
+    `lung_mass_ceiling` is the mean lung_mass a perfect lungs-only map at the CAMs' resolution gets.
     """
     # a results file written before marker_mass existed still opens (CREATE IF NOT EXISTS keeps old tables)
-    marker = "avg(c.marker_mass)" if "marker_mass" in columns(con, "cams") else "NULL::DOUBLE"
+    cols = columns(con, "cams")
+    marker = "avg(c.marker_mass)" if "marker_mass" in cols else "NULL::DOUBLE"
+    ceiling = "avg(c.lung_mass_ceiling)" if "lung_mass_ceiling" in cols else "NULL::DOUBLE"
     return con.execute(
         f"""
         SELECT c.run_id, c.method, count(*) AS n_cams, count(c.lung_mass) AS n_scored,
                avg(c.lung_mass) AS lung_mass,
                avg(CASE WHEN c.pointing_hit THEN 1.0 WHEN NOT c.pointing_hit THEN 0.0 END) AS pointing_game,
-               avg(c.lung_iou) AS lung_iou, {marker} AS marker_mass
+               avg(c.lung_iou) AS lung_iou, {marker} AS marker_mass, {ceiling} AS lung_mass_ceiling
         FROM cams c JOIN runs r ON r.run_id = c.run_id
         WHERE r.status = 'done' AND c.split = ? AND c.target_kind = ?
         GROUP BY c.run_id, c.method ORDER BY c.run_id, c.method

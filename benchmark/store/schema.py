@@ -68,7 +68,8 @@ TABLES: dict[str, str] = {
             target_class VARCHAR, target_kind VARCHAR,   -- pred | true
             height INTEGER, width INTEGER, cam BLOB,     -- float16 bytes, row-major height x width
             lung_mass DOUBLE, pointing_hit BOOLEAN, lung_iou DOUBLE, mask_source VARCHAR,
-            marker_mass DOUBLE    -- phantom only: CAM mass on the planted marker, grown by one CAM cell
+            marker_mass DOUBLE,   -- phantom only: CAM mass on the planted marker, grown by one CAM cell
+            lung_mass_ceiling DOUBLE  -- lung_mass of a perfect lungs-only map at this CAM's resolution
         )""",
     "probes": """
         CREATE TABLE IF NOT EXISTS probes (
@@ -97,6 +98,7 @@ RUN_TABLES = ("predictions", "metrics", "cams", "probes", "faithfulness")
 # Columns added after a table first shipped: older result files get them on open (add, never rename).
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("cams", "marker_mass", "DOUBLE"),
+    ("cams", "lung_mass_ceiling", "DOUBLE"),
 ]
 
 

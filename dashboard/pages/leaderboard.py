@@ -50,7 +50,7 @@ num = st.column_config.NumberColumn
 st.dataframe(
     table, key="lb_table", hide_index=True, height=35 * (min(len(table), 15) + 1) + 3,
     column_order=["dataset", "model", "accuracy", "accuracy_ci", "lung_mass", "uniform_baseline",
-                  "lung_mass_vs_uniform", "pointing_game"]
+                  "lung_mass_vs_uniform", "lung_mass_ceiling", "lung_focus_score", "pointing_game"]
                  + (["marker_mass"] if board["marker_mass"].notna().any() else [])
                  + ["lungs_removed_acc", "lungs_removed_drop", "external_drop", "external_dataset",
                   "sensitivity", "sensitivity_ci", "specificity", "specificity_ci", "auc", "auc_ci",
@@ -70,6 +70,12 @@ st.dataframe(
                                      "a CAM spread evenly scores this"),
         "lung_mass_vs_uniform": num("× uniform", format="%.2f",
                                     help="Lung mass / uniform map; 1 = no better than uniform"),
+        "lung_mass_ceiling": num("Ceiling", format="%.3f",
+                                 help="Lung mass of a perfect lungs-only map at this model's CAM resolution "
+                                      "(a 7x7 map cannot reach 1)"),
+        "lung_focus_score": num("Focus score", format="%.2f",
+                                help="(lung mass - uniform) / (ceiling - uniform): 0 = uniform map, "
+                                     "1 = as lung-focused as the map's resolution allows"),
         "pointing_game": num("Pointing game", format="%.3f", help="Share of CAM peaks that lie on the lungs"),
         "marker_mass": num("Marker mass", format="%.3f",
                            help="Phantom data: mean share of CAM mass on the planted text marker (the shortcut)"),

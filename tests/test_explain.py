@@ -1,0 +1,34 @@
+"""Measures built on the CAM engine: the resolution ceiling of lung_mass and the marker region."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from benchmark.cams.lungfocus import lung_focus_batch, uniform_baseline
+from benchmark.data.phantom import generate_image, phantom_config
+from benchmark.explain import lung_mass_ceiling, marker_region
+
+
+def _phantom_masks(n=6, size=128):
+    cfg = phantom_config("phantom", size=size)
+    return np.stack([generate_image(cfg, i).lung_mask for i in range(n)])
+
+
+def test_ceiling_is_what_a_perfect_map_scores_and_grows_with_resolution():
+    masks = _phantom_masks()
+    ceilings = {h: np.mean(lung_mass_ceiling(masks, (h, h))) for h in (4, 7, 14)}
+    assert ceilings[4] < ceilings[7] < ceilings[14] < 1
+    # a perfect lungs-only map at 7x7 scores exactly the ceiling, a uniform map the baseline
+    perfect = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(masks).float().unsqueeze(1), 7).squeeze(1)
+    got = np.mean([f.lung_mass for f in lung_focus_batch(perfect, masks)])
+    assert abs(got - ceilings[7]) < 1e-6
+    uniform = np.mean([f.lung_mass for f in lung_focus_batch(torch.ones(len(masks), 7, 7), masks)])
+    assert abs(uniform - np.mean([uniform_baseline(m) for m in masks])) < 1e-5 < ceilings[7] - uniform
+
+
+def test_marker_region_grows_by_one_cell_and_stays_off_an_empty_mask():
+    m = np.zeros((2, 64, 64), bool)
+    m[0, 30:32, 30:32] = True
+    region = marker_region(m, cell=8.0)
+    assert region[0, 22:40, 22:40].all() and region[0].sum() == 18 * 18
+    assert not region[1].any()
