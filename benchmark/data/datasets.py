@@ -133,8 +133,13 @@ def load_dataset(name: str, *, data_root: str | Path | None = None, data_seed: i
         r.dataset = key
     patient_split(records, seed=data_seed)
     log.info("dataset %s: %d images, classes %s", key, len(records), classes)
-    default_size = table[name].get("input_size") if name in table else None
-    return Dataset(name=key, classes=classes, records=records, description=desc, input_size=default_size)
+    return Dataset(name=key, classes=classes, records=records, description=desc,
+                   input_size=preset_input_size(name))
+
+
+def preset_input_size(name: str) -> int | None:
+    """The preset's default model input size (phantom: 128), None for real data and folders."""
+    return presets().get(name, {}).get("input_size")
 
 
 def list_presets() -> list[tuple[str, str]]:
