@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 from benchmark.cli import main
 from benchmark.store import queries, reader
@@ -141,3 +143,33 @@ def test_killed_run_leaves_no_rows_and_rerun_completes(tmp_path, cache_env):
     assert "already done" in rc.stderr
     t = _tables(db, killed_id)
     assert t["runs"] == 1 and t["predictions"] > 0 and t["metrics"] > 0
+
+
+def test_every_bad_input_through_a_full_run(tmp_path, cache_env, bad_inputs):
+    """Import, masks, CAMs (every method) and probes over the hostile files: each is used or
+    rejected with its reason, and the run completes."""
+    data = tmp_path / "folder"
+    for cls in ("covid", "normal"):
+        for i in range(10):
+            write_png(data / cls / f"{i}.png", seed=i + (50 if cls == "covid" else 0), size=40)
+    bad = sorted(p for p in bad_inputs.iterdir() if p.name != "README.md")
+    for i, f in enumerate(bad):
+        shutil.copy(f, data / ("covid" if i % 2 else "normal") / f"bad-{f.name}")
+    db = tmp_path / "r.duckdb"
+    rc = main(["run", "--data", str(data), "--models", "shallow", "--db", str(db), "--checkpoint-dir",
+               str(tmp_path / "ck"), "--cam-methods", "cam,gradcam,gradcam++,hirescam,scorecam,layercam,eigencam",
+               "--faithfulness-sample", "2", *SMALL])
+    assert rc == 0
+    with reader(db) as con:
+        rejected = dict(zip(queries.rejected(con).path.map(lambda p: Path(p).name[4:]), queries.rejected(con).reason))
+        kept = set(queries.images(con).path.map(lambda p: Path(p).name))
+        cams = con.execute("SELECT * FROM cams").df()
+    assert set(rejected) | {k[4:] for k in kept if k.startswith("bad-")} == {f.name for f in bad}
+    for name in ("truncated.jpg", "zero-bytes.png", "text-named.png", "html-named.jpg", "bomb-20000x20000.png",
+                 "random-bytes.dcm", "truncated.dcm"):
+        assert name in rejected, name
+    assert "bomb" in rejected["bomb-20000x20000.png"] and "empty" in rejected["zero-bytes.png"]
+    for name in ("all-black.png", "all-white.png", "gray16.png", "dx-monochrome1-12bit.dcm", "large-6000x5000.jpg"):
+        assert f"bad-{name}" in kept, name
+    maps = np.stack([queries.cam_array(r) for _, r in cams.iterrows()])
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
