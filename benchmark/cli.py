@@ -32,7 +32,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _add_cam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cam-methods", default="cam,gradcam",
                    help="CAM methods for every test image (comma list of cam, gradcam, gradcam++, hirescam, "
-                        "scorecam, layercam, eigencam; 'none' to skip; default cam,gradcam)")
+                        "scorecam, layercam, eigencam; 'none' to skip; default cam,gradcam). "
+                        "METHOD@LAYER explains at another layer, e.g. gradcam@layer3 for a finer map")
     p.add_argument("--segmenter", default=None,
                    help="lung segmenter checkpoint stem for images without ground-truth masks "
                         "(default checkpoints/lungseg/lung_unet; train: python -m benchmark lungs train)")

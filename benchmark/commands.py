@@ -26,15 +26,18 @@ def dispatch(args) -> int:
 
 
 def parse_cam_methods(text: str | None) -> tuple[str, ...]:
-    """'cam,gradcam' -> ('cam', 'gradcam'); 'none' or '' -> (); unknown names fail early, listing choices."""
+    """'cam,gradcam' -> ('cam', 'gradcam'); 'none' or '' -> (); unknown names fail early, listing choices.
+
+    A method may name another layer than the registry's: 'gradcam@layer3' (dotted path in the net).
+    """
     from .cams.methods import get_cam_method
 
     if not text or text.strip().lower() == "none":
         return ()
-    names = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
     for name in names:
-        get_cam_method(name)
-    return names
+        get_cam_method(name.partition("@")[0].lower())
+    return tuple(n.partition("@")[0].lower() + n[len(n.partition("@")[0]):] for n in names)
 
 
 def specs_from_args(args) -> list:

@@ -6,6 +6,8 @@ are computed against the lung mask at input resolution (upsampled maps, see cams
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -17,6 +19,7 @@ from .cams.faithfulness import faithfulness_scores
 from .cams.engine import compute_cams
 from .cams.lungfocus import lung_focus_batch
 from .cams.methods import list_cam_methods
+from .errors import BenchmarkError
 from .metrics import bootstrap_mean_ci
 
 log = logging.getLogger(__name__)
@@ -24,12 +27,56 @@ log = logging.getLogger(__name__)
 DEFAULT_CAM_METHODS = ("cam", "gradcam")
 
 
+def split_method(name: str) -> tuple[str, str | None]:
+    """'gradcam@layer3' -> ('gradcam', 'layer3'); 'gradcam' -> ('gradcam', None)."""
+    base, _, layer = name.partition("@")
+    return base, layer or None
+
+
+@contextlib.contextmanager
+def explained_at(model, layer: str | None):
+    """Explain at another layer than the registry's (e.g. a finer one). The original CAM method
+    then no longer applies: only the last block feeds the GAP + linear head."""
+    if layer is None:
+        yield
+        return
+    try:
+        model.net.get_submodule(layer)
+    except AttributeError:
+        children = [n for n, _ in model.net.named_children()]
+        raise BenchmarkError(f"{model.spec.name} has no layer {layer!r}; its top-level layers: "
+                             f"{', '.join(children)}") from None
+    spec = model.spec
+    model.spec = dataclasses.replace(spec, cam_target_layer=layer, gap_head=False)
+    try:
+        yield
+    finally:
+        model.spec = spec
+
+
 def applicable_methods(model, methods: Sequence[str]) -> list[str]:
-    ok = set(list_cam_methods(model))
-    skipped = [m for m in methods if m not in ok]
-    if skipped:
-        log.info("%s: %s not applicable (no GAP+linear head); skipped", model.spec.name, ", ".join(skipped))
-    return [m for m in methods if m in ok]
+    """The methods (optionally 'method@layer') that apply to this model; the rest are logged."""
+    keep = []
+    for name in methods:
+        base, layer = split_method(name)
+        try:
+            with explained_at(model, layer):
+                applies = base in list_cam_methods(model)
+        except BenchmarkError as exc:
+            log.warning("%s skipped: %s", name, exc)
+            continue
+        if applies:
+            keep.append(name)
+        else:
+            log.info("%s: %s not applicable (needs the GAP+linear head's own layer); skipped",
+                     model.spec.name, name)
+    return keep
+
+
+def _maps(model, images: torch.Tensor, targets: torch.Tensor, name: str, device, batch_size: int = 32):
+    base, layer = split_method(name)
+    with explained_at(model, layer):
+        return compute_cams(model, images, targets, base, batch_size=batch_size, device=device)
 
 
 def _cam_targets(preds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -78,8 +125,7 @@ def cam_rows(model, images: np.ndarray, masks: np.ndarray, mask_sources: list[st
     frames = []
     model.eval()
     for method in applicable_methods(model, methods):
-        maps = compute_cams(model, x.unsqueeze(1).float().div(255), targets, method,
-                            batch_size=batch_size, device=device)
+        maps = _maps(model, x.unsqueeze(1).float().div(255), targets, method, device, batch_size)
         focus = lung_focus_batch(maps, masks[idx])
         maps16 = maps.numpy().astype(np.float16)
         df = pd.DataFrame({
@@ -110,7 +156,7 @@ def faithfulness_rows(model, images: np.ndarray, preds: np.ndarray, patients: li
     rows = []
     model.eval()
     for method in applicable_methods(model, methods):
-        maps = compute_cams(model, x, targets, method, device=device)
+        maps = _maps(model, x, targets, method, device)
         scores = faithfulness_scores(model, x, targets, maps, device=device, seed=seed)
         for metric, values in scores.items():
             value, lo, hi = bootstrap_mean_ci(np.asarray(values, float), [patients[i] for i in pick], seed=seed)

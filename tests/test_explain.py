@@ -32,3 +32,21 @@ def test_marker_region_grows_by_one_cell_and_stays_off_an_empty_mask():
     region = marker_region(m, cell=8.0)
     assert region[0, 22:40, 22:40].all() and region[0].sum() == 18 * 18
     assert not region[1].any()
+
+
+def test_methods_at_another_layer(caplog):
+    from benchmark.explain import applicable_methods, cam_rows
+    from benchmark.models import create_model
+
+    model = create_model("resnet18", num_classes=3).eval()
+    spec = model.spec
+    masks = _phantom_masks(n=3, size=64)
+    images = (np.random.default_rng(0).random((3, 64, 64)) * 255).astype(np.uint8)
+    methods = ["gradcam", "gradcam@layer3", "cam@layer3", "gradcam@nolayer"]
+    assert applicable_methods(model, methods) == ["gradcam", "gradcam@layer3"]
+    assert "nolayer" in caplog.text and "layer4" in caplog.text  # the message lists the real layers
+    rows = cam_rows(model, images, masks, ["gt-phantom"] * 3, np.zeros(3, int), np.zeros(3, int),
+                    ["a", "b", "c"], ["x", "y", "z"], methods, torch.device("cpu"))
+    sizes = dict(zip(rows.method, rows.height))
+    assert sizes == {"gradcam": 2, "gradcam@layer3": 4}   # layer3 of resnet18 is twice as fine
+    assert model.spec is spec                                  # the registry's layer is back
