@@ -23,7 +23,7 @@ from .data.decode import DecodeCache
 from .device import resolve_device
 from .audit import AuditOptions, audit_tables
 from .evaluate import score_images
-from .lungmasks import complete_masks
+from .lungmasks import complete_masks, segmenter_row
 from .models import create_model, get_spec
 from .probes import fill_region
 from .store.writes import RunBundle
@@ -153,7 +153,15 @@ def run_job(spec: JobSpec) -> RunBundle:
                                has_mask[test], labels[test], probs_by_split["test"], device, audit_options(spec),
                                split="test"))
     return RunBundle(run=run, tables=tables, images=images_frame(decoded.records),
-                     rejected=rejected_frame(rejected, dataset.name))
+                     rejected=rejected_frame(rejected, dataset.name),
+                     segmenter=segmenter_row(spec.segmenter) if _used_predicted_masks(tables) else None)
+
+
+def _used_predicted_masks(tables: dict[str, pd.DataFrame]) -> bool:
+    cams, probes = tables.get("cams"), tables.get("probes")
+    in_cams = cams is not None and not cams.empty and (cams.mask_source == "predicted").any()
+    in_probes = probes is not None and not probes.empty and probes.detail.str.contains('"predicted"').any()
+    return bool(in_cams or in_probes)
 
 
 def audit_options(spec: JobSpec) -> AuditOptions:

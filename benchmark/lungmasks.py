@@ -41,3 +41,24 @@ def complete_masks(images: np.ndarray, masks: np.ndarray, has_mask: np.ndarray, 
     for i in missing:
         sources[i] = "predicted"
     return masks, sources
+
+
+def segmenter_row(segmenter: str | Path | None) -> dict | None:
+    """The `lung_segmenters` row of the segmenter a run used (None if there is none): its
+    held-out Dice travels with the results it produced."""
+    import datetime as dt
+    import json
+
+    from .lungseg.predict import DEFAULT_SEGMENTER_STEM
+
+    stem = Path(segmenter) if segmenter else DEFAULT_SEGMENTER_STEM
+    sidecar = stem.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    meta = json.loads(sidecar.read_text())
+    dice = meta.get("heldout_cohen_dice_native")
+    return {"checkpoint_path": str(stem.with_suffix(".safetensors")), "created_at": meta.get("saved_at") or dt.datetime.now(),
+            "image_size": meta.get("input_size"), "dice_heldout": dice,
+            "dice_heldout_source": "cohen gt-v7 (native size)" if dice is not None else None,
+            "n_train": meta.get("n_train"), "n_heldout": meta.get("n_val"),
+            "config_json": json.dumps(meta.get("config", {}), default=str)}

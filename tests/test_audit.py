@@ -38,6 +38,7 @@ def test_cohen_kermany_every_test_image_every_method(tmp_path, cache_env, cxr_ro
         test_ids = set(con.execute("SELECT image_id FROM images WHERE split='test'").df().image_id)
         cams = con.execute("SELECT * FROM cams WHERE run_id = ?", [run_id]).df()
         faith = con.execute("SELECT * FROM faithfulness").df()
+        seg = con.execute("SELECT * FROM lung_segmenters").df()
         probes = con.execute("SELECT * FROM probes").df()
     pred = cams[cams.target_kind == "pred"]
     for method in ALL_METHODS.split(","):
@@ -46,6 +47,8 @@ def test_cohen_kermany_every_test_image_every_method(tmp_path, cache_env, cxr_ro
     # kermany images have no ground-truth mask: the segmenter's masks are used and say so
     assert set(pred.mask_source) <= {"gt-v7", "gt-lungvae", "predicted"}
     assert "predicted" in set(pred.mask_source)
+    # the segmenter whose masks were used is recorded with its held-out Dice
+    assert seg.checkpoint_path.tolist() == [f"{segmenter}.safetensors"] and 0 < seg.dice_heldout.iloc[0] <= 1
     row = pred.iloc[0]
     cam = queries.cam_array(row)
     assert cam.shape == (row.height, row.width) and 0 <= cam.min() and cam.max() <= 1

@@ -28,6 +28,7 @@ class RunBundle:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     images: pd.DataFrame | None = None
     rejected: pd.DataFrame | None = None
+    segmenter: dict | None = None  # lung_segmenters row of the segmenter whose masks the run used
 
 
 def _insert_df(con, table: str, df: pd.DataFrame, *, or_ignore: bool = False) -> None:
@@ -83,6 +84,9 @@ def write_run(db_path: str | Path, bundle: RunBundle) -> None:
         _delete_run_rows(con, run_id)
         _insert_images(con, bundle.images, bundle.rejected)
         _insert_df(con, "runs", pd.DataFrame([run]))
+        if bundle.segmenter and not con.execute("SELECT 1 FROM lung_segmenters WHERE checkpoint_path = ?",
+                                                [bundle.segmenter["checkpoint_path"]]).fetchone():
+            _insert_df(con, "lung_segmenters", pd.DataFrame([bundle.segmenter]))
         for table, df in bundle.tables.items():
             if table not in schema.RUN_TABLES:
                 raise ValueError(f"{table} is not a per-run table; choose from {schema.RUN_TABLES}")
