@@ -208,8 +208,8 @@ def test_predict_on_bad_input_constant_files(trained, name):
     path = BAD_INPUTS / name
     if not path.is_file():
         pytest.skip(f"{path} not present")
-    from benchmark.lungseg.data import read_gray
-    image = read_gray(path)
+    from benchmark.data.imageio import read_image
+    image = read_image(path)
     mask = predict_lung_mask(trained[0], image)
     assert mask.dtype == bool and mask.shape == image.shape
 
@@ -298,14 +298,3 @@ def test_real_cohen_split_is_patient_disjoint():
     assert not {r["patient_id"] for r in train} & {r["patient_id"] for r in held}
     assert len(held) > 30 and all(r["mask_source"] == "v7labs" for r in held)
     assert all(Path(r["mask"]).is_file() for r in held[:5])
-
-
-def test_builtin_phantom_used_when_project_phantom_is_absent(monkeypatch):
-    import sys
-    monkeypatch.setitem(sys.modules, "benchmark.data.phantom", None)   # import now fails
-    images, masks = phantom_samples(3, 32, seed=5)
-    again, _ = phantom_samples(3, 32, seed=5)
-    assert images.dtype == np.uint8 and masks.dtype == bool and images.shape == (3, 32, 32)
-    np.testing.assert_array_equal(images, again)
-    centre = images[:, :, 14:18][~masks[:, :, 14:18]]                    # mediastinum and spine
-    assert 0.05 < masks.mean() < 0.5 and images[masks].mean() < centre.mean() - 50   # lungs drawn dark

@@ -8,7 +8,6 @@ and would inflate the held-out Dice.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..data.imageio import read_image, read_mask
+from ..data.phantom import generate_image, phantom_config
 from ..errors import ImageRejected
 
 log = logging.getLogger(__name__)
@@ -50,86 +51,18 @@ def resize_bool(mask: np.ndarray, size: int) -> np.ndarray:
     return (resize_float(t, (size, size))[0, 0] >= 0.5).numpy()
 
 
-# --- reading: the shared image reader when present, a minimal PIL path otherwise ------
-
-def read_gray(path: str | Path) -> np.ndarray:
-    try:
-        from ..data.imageio import read_image
-    except ImportError:  # sibling module not written yet: same contract, fewer formats
-        return _pil_read(path, mask=False)
-    return read_image(path)
-
-
-def read_lung_mask(path: str | Path) -> np.ndarray:
-    try:
-        from ..data.imageio import read_mask
-    except ImportError:
-        return _pil_read(path, mask=True)
-    return read_mask(path)
-
-
-def _pil_read(path: str | Path, *, mask: bool) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("L")
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageRejected(f"cannot read image: {exc}", str(path)) from exc
-    return arr > 127 if mask else arr
-
-
 # --- phantom ------------------------------------------------------------------------
 
 def phantom_samples(n: int, size: int, *, seed: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """n phantom images (uint8) and their exact lung masks (bool), both n x size x size.
-
-    Uses the project's phantom generator (benchmark.data.phantom) when it exists; otherwise a
-    small built-in one with the same anatomy cues (two dark lungs, heart, spine, body outline).
-    `offset` is the first phantom index drawn.
-    """
+    """n phantom images (uint8) and their exact lung masks (bool), both n x size x size,
+    drawn at `size` by the project's phantom; `offset` is the first phantom index drawn."""
+    cfg = phantom_config("phantom", seed=seed, size=size)
     images = np.zeros((n, size, size), np.uint8)
     masks = np.zeros((n, size, size), bool)
-    try:
-        from ..data.phantom import PHANTOM_PRESETS, generate_image
-    except ImportError:
-        log.info("benchmark.data.phantom not available; using the built-in lung phantom")
-        rng = np.random.default_rng([seed, offset])
-        for i in range(n):
-            images[i], masks[i] = _builtin_phantom(size, rng)
-        return images, masks
-    cfg = PHANTOM_PRESETS["phantom"] if "phantom" in PHANTOM_PRESETS else next(iter(PHANTOM_PRESETS.values()))
-    if dataclasses.is_dataclass(cfg):  # draw at the target size and seed when the config allows
-        names = {f.name for f in dataclasses.fields(cfg)}
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in (("seed", seed), ("size", size)) if k in names})
     for i in range(n):
         sample = generate_image(cfg, offset + i)
-        images[i] = resize_gray(np.asarray(sample.image, np.uint8), size)
-        masks[i] = resize_bool(np.asarray(sample.lung_mask, bool), size)
+        images[i], masks[i] = sample.image, sample.lung_mask
     return images, masks
-
-
-def _builtin_phantom(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-
-    def ellipse(cx, cy, rx, ry):
-        return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
-
-    j = lambda s: rng.uniform(-s, s)  # noqa: E731 - jitter
-    body = ellipse(0.5 + j(0.03), 0.55 + j(0.03), 0.45 + j(0.03), 0.55)
-    gap, cy, rx, ry = 0.15 + j(0.02), 0.45 + j(0.04), 0.15 + j(0.03), 0.28 + j(0.04)
-    lungs = ellipse(0.5 - gap - rx / 2, cy, rx, ry) | ellipse(0.5 + gap + rx / 2, cy, rx, ry)
-    heart = ellipse(0.55 + j(0.03), cy + 0.15 + j(0.03), 0.14 + j(0.03), 0.11 + j(0.02))
-    lungs &= ~heart
-    spine = (np.abs(xx - 0.5) < 0.035) & body
-    img = np.full((size, size), rng.uniform(0.0, 0.15), np.float32)
-    img[body] = rng.uniform(0.55, 0.8)
-    img[lungs] = rng.uniform(0.15, 0.35)
-    img[heart] = rng.uniform(0.6, 0.8)
-    img[spine] = 0.9
-    img += rng.normal(0.0, 0.04, img.shape).astype(np.float32)
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8), lungs
 
 
 # --- cohen --------------------------------------------------------------------------
@@ -165,7 +98,7 @@ def _load_rows(rows: list[dict], size: int) -> tuple[np.ndarray, np.ndarray, lis
     images, masks, kept = [], [], []
     for row in rows:
         try:
-            image, mask = read_gray(row["image"]), read_lung_mask(row["mask"])
+            image, mask = read_image(row["image"]), read_mask(row["mask"])
         except ImageRejected as exc:
             log.warning("skipping %s: %s", row["image"], exc.reason)
             continue

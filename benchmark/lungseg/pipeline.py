@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import build_training_set, read_gray, read_lung_mask
+from ..data.imageio import read_image, read_mask
+from .data import build_training_set
 from .model import LungUNet, dice_per_image
 from .predict import DEFAULT_SEGMENTER_STEM, REPO_ROOT, predict_lung_mask, save_segmenter
 from .train import train_lung_segmenter
@@ -60,7 +61,7 @@ def heldout_native_dice(model: LungUNet, rows: list[dict], *, device: str = "cpu
     """
     scores = []
     for row in rows:
-        image, truth = read_gray(row["image"]), read_lung_mask(row["mask"])
+        image, truth = read_image(row["image"]), read_mask(row["mask"])
         scores.append(dice_per_image(predict_lung_mask(model, image, device=device), truth)[0])
     return np.asarray(scores)
 
