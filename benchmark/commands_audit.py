@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .audit import AuditOptions, audit_tables
 from .checkpoints import load_checkpoint
@@ -16,6 +17,7 @@ from .data.decode import DecodeCache
 from .device import resolve_device
 from .errors import BenchmarkError
 from .evaluate import score_images
+from .train import predict_probs
 from .job import JobSpec, images_frame, load_job_dataset, rejected_frame
 from .store import queries, reader, replace_run_tables, write_segmenter
 
@@ -27,6 +29,28 @@ def spec_from_run(run: dict) -> JobSpec:
     fields = {f.name for f in dataclasses.fields(JobSpec)}
     cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in fields}
     return JobSpec(**cfg)
+
+
+def _score_and_audit(model, meta: dict, records: list, cache: DecodeCache, device, opts: AuditOptions, *,
+                     split: str, n_boot: int = 0, progress: bool = False):
+    """Decode `records` at the checkpoint's input size, predict, and audit them.
+
+    Returns (decoded set, metric rows, prediction rows, audit tables); metrics and predictions
+    only when `n_boot` > 0 (recomputing CAMs needs the predicted classes, not the metrics).
+    """
+    size, classes = int(meta["input_size"]), meta["classes"]
+    decoded = cache.load(records, size, progress=progress)
+    masks, has_mask = cache.load_masks(decoded.records, size)
+    labels = np.array([classes.index(r.label) for r in decoded.records], dtype=np.int64)
+    metric_rows, pred_rows = [], []
+    if n_boot:
+        metric_rows, pred_rows, probs = score_images(model, decoded.images, labels, decoded.records, classes,
+                                                     device, split=split, n_boot=n_boot, seed=opts.seed)
+    else:
+        probs = predict_probs(model, torch.from_numpy(decoded.images), device)
+    tables = audit_tables(model, classes, decoded.records, decoded.images, masks, has_mask, labels, probs,
+                          device, opts, split=split)
+    return decoded, metric_rows, pred_rows, tables
 
 
 def cmd_cams(args) -> int:
@@ -46,18 +70,11 @@ def cmd_cams(args) -> int:
     for run in runs.to_dict("records"):
         spec = spec_from_run(run)
         model, meta = load_checkpoint(run["checkpoint_path"], device=device)
-        dataset = load_job_dataset(spec)
-        cache = DecodeCache(Path(spec.cache_dir) if spec.cache_dir else None)
-        test = [r for r in dataset.records if r.split == "test"]
-        decoded = cache.load(test, int(meta["input_size"]))
-        masks, has_mask = cache.load_masks(decoded.records, int(meta["input_size"]))
-        labels = np.array([meta["classes"].index(r.label) for r in decoded.records])
-        _, _, probs = score_images(model, decoded.images, labels, decoded.records, meta["classes"], device,
-                                   split="test", n_boot=1, seed=spec.seed, with_predictions=False)
+        test = [r for r in load_job_dataset(spec).records if r.split == "test"]
         opts = AuditOptions(cam_methods=methods, faithfulness_sample=args.faithfulness_sample, probes=False,
                             segmenter=args.segmenter or spec.segmenter, cache_dir=spec.cache_dir, seed=spec.seed)
-        tables = audit_tables(model, meta["classes"], decoded.records, decoded.images, masks, has_mask, labels,
-                              probs, device, opts, split="test")
+        cache = DecodeCache(Path(spec.cache_dir) if spec.cache_dir else None)
+        _, _, _, tables = _score_and_audit(model, meta, test, cache, device, opts, split="test")
         cams, faith = tables.get("cams", pd.DataFrame()), tables.get("faithfulness", pd.DataFrame())
         for method in methods:  # one transaction per method: its maps and scores swap together
             replace_run_tables(args.db, run["run_id"], {
@@ -82,19 +99,14 @@ def cmd_evaluate(args) -> int:
                  len(dataset.records) - len(known), ", ".join(unknown))
     if not known:
         raise BenchmarkError(f"{args.data}: no image has a class the model knows ({', '.join(classes)})")
-    size = int(meta["input_size"])
-    cache = DecodeCache(Path(args.cache_dir) if args.cache_dir else None)
-    decoded = cache.load(known, size, progress=True)
-    masks, has_mask = cache.load_masks(decoded.records, size)
-    labels = np.array([classes.index(r.label) for r in decoded.records])
-    split = f"external:{dataset.name}"
-    metric_rows, pred_rows, probs = score_images(model, decoded.images, labels, decoded.records, classes, device,
-                                                 split=split, n_boot=args.n_boot, seed=args.seed)
     from .commands import parse_cam_methods
     opts = AuditOptions(cam_methods=parse_cam_methods(args.cam_methods), faithfulness_sample=0, probes=False,
                         segmenter=args.segmenter, cache_dir=args.cache_dir, seed=args.seed)
-    tables = audit_tables(model, classes, decoded.records, decoded.images, masks, has_mask, labels, probs,
-                          device, opts, split=split)
+    split = f"external:{dataset.name}"
+    cache = DecodeCache(Path(args.cache_dir) if args.cache_dir else None)
+    decoded, metric_rows, pred_rows, tables = _score_and_audit(model, meta, known, cache, device, opts, split=split,
+                                                               n_boot=args.n_boot, progress=True)
+    size = int(meta["input_size"])
     run_id = meta.get("run_id") or Path(args.checkpoint).stem
     acc = next(m for m in metric_rows if m["metric"] == "accuracy" and not m["class_name"])
     test_acc = (meta.get("metrics") or {}).get("accuracy")
