@@ -1,6 +1,6 @@
 """CAM throughput: the batched on-device path (benchmark.cams.fast) vs pytorch-grad-cam, same maps.
 
-For each model and method (cam, gradcam) times compute_cams(fast=True) and (fast=False, the
+For each model and method (cam, gradcam, hirescam) times compute_cams(fast=True) and (fast=False, the
 pytorch-grad-cam path that copies each batch's maps to the CPU), checks the maps agree (max abs
 difference after normalisation) and prints a markdown table for bench/RESULTS.md.
 
@@ -37,7 +37,7 @@ def timed(fn, device) -> tuple[float, torch.Tensor]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="shallow,resnet18")
-    ap.add_argument("--methods", default="cam,gradcam")
+    ap.add_argument("--methods", default="cam,gradcam,hirescam")
     ap.add_argument("--n", type=int, default=None, help="images (default 512 on CUDA, 32 on CPU)")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--device", default="auto")

@@ -17,14 +17,13 @@ import torch
 
 from .cams.faithfulness import faithfulness_scores
 from .cams.engine import compute_cams
+from .cams.layers import resolve_layer
 from .cams.lungfocus import lung_focus_batch
 from .cams.methods import list_cam_methods
 from .errors import BenchmarkError
 from .metrics import bootstrap_mean_ci
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CAM_METHODS = ("cam", "gradcam")
 
 
 def split_method(name: str) -> tuple[str, str | None]:
@@ -35,19 +34,15 @@ def split_method(name: str) -> tuple[str, str | None]:
 
 @contextlib.contextmanager
 def explained_at(model, layer: str | None):
-    """Explain at another layer than the registry's (e.g. a finer one). The original CAM method
-    then no longer applies: only the last block feeds the GAP + linear head."""
+    """Explain at another layer than the registry's: a dotted path or a stride alias such as
+    `stride16` (cams/layers.py). The original CAM method then no longer applies: only the last
+    block feeds the GAP + linear head."""
     if layer is None:
         yield
         return
-    try:
-        model.net.get_submodule(layer)
-    except AttributeError:
-        children = [n for n, _ in model.net.named_children()]
-        raise BenchmarkError(f"{model.spec.name} has no layer {layer!r}; its top-level layers: "
-                             f"{', '.join(children)}") from None
+    path = resolve_layer(model, layer)
     spec = model.spec
-    model.spec = dataclasses.replace(spec, cam_target_layer=layer, gap_head=False)
+    model.spec = dataclasses.replace(spec, cam_target_layer=path, gap_head=False)
     try:
         yield
     finally:
@@ -73,7 +68,8 @@ def applicable_methods(model, methods: Sequence[str]) -> list[str]:
     return keep
 
 
-def _maps(model, images: torch.Tensor, targets: torch.Tensor, name: str, device, batch_size: int = 32):
+def method_maps(model, images: torch.Tensor, targets: torch.Tensor, name: str, device=None, batch_size: int = 32):
+    """compute_cams for a method name that may carry a layer ('hirescam@stride16')."""
     base, layer = split_method(name)
     with explained_at(model, layer):
         return compute_cams(model, images, targets, base, batch_size=batch_size, device=device)
@@ -93,8 +89,8 @@ def lung_mass_ceiling(masks: np.ndarray, shape: tuple[int, int]) -> list[float |
     """lung_mass of the best map a CAM of `shape` can draw: the lung mask area-pooled to that grid.
 
     A layer-resolution map upsampled bilinearly spills over the lung border, so even a perfect
-    7 x 7 map cannot score 1 (measured on the phantom: 0.68 at 7 x 7, 0.44 at 4 x 4, 0.82 at
-    14 x 14). Reading lung_mass between the uniform baseline and this ceiling keeps models with
+    map cannot score 1 (measured on phantom v2: 0.50 at 4 x 4, 0.72 at 7 x 7, 0.86 at 14 x 14).
+    Reading lung_mass between the uniform baseline and this ceiling keeps models with
     different map resolutions comparable.
     """
     ideal = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(masks.astype(np.float32)).unsqueeze(1), shape)
@@ -125,7 +121,7 @@ def cam_rows(model, images: np.ndarray, masks: np.ndarray, mask_sources: list[st
     frames = []
     model.eval()
     for method in applicable_methods(model, methods):
-        maps = _maps(model, x.unsqueeze(1).float().div(255), targets, method, device, batch_size)
+        maps = method_maps(model, x.unsqueeze(1).float().div(255), targets, method, device, batch_size)
         focus = lung_focus_batch(maps, masks[idx])
         maps16 = maps.numpy().astype(np.float16)
         df = pd.DataFrame({
@@ -156,7 +152,7 @@ def faithfulness_rows(model, images: np.ndarray, preds: np.ndarray, patients: li
     rows = []
     model.eval()
     for method in applicable_methods(model, methods):
-        maps = _maps(model, x, targets, method, device)
+        maps = method_maps(model, x, targets, method, device)
         scores = faithfulness_scores(model, x, targets, maps, device=device, seed=seed)
         for metric, values in scores.items():
             value, lo, hi = bootstrap_mean_ci(np.asarray(values, float), [patients[i] for i in pick], seed=seed)

@@ -169,12 +169,19 @@ def test_every_method_gives_normalised_maps_at_layer_resolution(method, fast):
     assert torch.allclose(flat.amax(1)[nonzero], torch.ones(int(nonzero.sum())), atol=1e-3)  # 1e-7 epsilon
 
 
-@pytest.mark.parametrize("factory,size", [(shallow, 64), (resnet18, 96)])
-def test_fast_gradcam_equals_pytorch_grad_cam(factory, size):
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+@pytest.mark.parametrize("factory,size,layer", [(shallow, 64, None), (resnet18, 96, None), (resnet18, 96, "stride16")])
+def test_fast_path_equals_pytorch_grad_cam(factory, size, layer, method):
+    from benchmark.explain import explained_at
+
     model, x = factory(), images(size=size)
-    fast = compute_cams(model, x, TARGETS, "gradcam", fast=True)
-    reference = compute_cams(model, x, TARGETS, "gradcam", fast=False)
-    assert fast.shape == reference.shape == (4, *layer_shape(model, x))
+    with explained_at(model, layer):
+        fast = compute_cams(model, x, TARGETS, method, fast=True)
+        reference = compute_cams(model, x, TARGETS, method, fast=False)
+        shape = layer_shape(model, x)
+    if layer:
+        assert shape == (6, 6)  # resnet18's layer3 at 96 px: the alias picked the stride-16 block
+    assert fast.shape == reference.shape == (4, *shape)
     assert (fast - reference).abs().max() <= 1e-3
     assert int((fast.flatten(1).amax(1) > 0.99).sum()) >= 3  # real maps (a class may have none)
 

@@ -1,4 +1,4 @@
-"""Batched CAM and Grad-CAM that stay on the model's device.
+"""Batched CAM, Grad-CAM and HiResCAM that stay on the model's device.
 
 Why not pytorch-grad-cam here: it copies activations, gradients and every map to the CPU per
 batch and calls model.eval() on the caller's model; on a GPU the copies dominate (DESIGN.md
@@ -164,23 +164,40 @@ def _run_batched(model, images, targets, batch_size, device, amp, one_batch) -> 
     return result
 
 
+def _target_gradients(model, x, t_cpu, outputs, dev, amp) -> tuple[torch.Tensor, torch.Tensor]:
+    """(activation, d(target logit)/d(activation)) of the hooked layer for one batch."""
+    # detach(): requires_grad on a view of the caller's tensor, never on the tensor itself;
+    # input grad on means frozen (requires_grad=False) models still give a graph.
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad(), _autocast(dev, amp):
+        logits = model(x)
+    act = _layer_output(outputs)
+    _check_target_range(t_cpu, logits.shape[1])
+    t = t_cpu.to(dev, non_blocking=True)
+    score = logits.float().gather(1, t[:, None]).sum()
+    (grads,) = torch.autograd.grad(score, act)
+    return act.detach().float(), grads.float()
+
+
 def grad_cams(model, images: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 32,
               device: torch.device | str | None = None, amp: bool = False) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al.): weights = spatial mean of d(target logit)/d(activation)."""
 
     def one_batch(x, t_cpu, outputs, dev, amp):
-        # detach(): requires_grad on a view of the caller's tensor, never on the tensor itself;
-        # input grad on means frozen (requires_grad=False) models still give a graph.
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad(), _autocast(dev, amp):
-            logits = model(x)
-        act = _layer_output(outputs)
-        _check_target_range(t_cpu, logits.shape[1])
-        t = t_cpu.to(dev, non_blocking=True)
-        score = logits.float().gather(1, t[:, None]).sum()
-        (grads,) = torch.autograd.grad(score, act)
-        weights = grads.float().mean(dim=(2, 3))
-        return torch.einsum("nk,nkhw->nhw", weights, act.detach().float())
+        act, grads = _target_gradients(model, x, t_cpu, outputs, dev, amp)
+        return torch.einsum("nk,nkhw->nhw", grads.mean(dim=(2, 3)), act)
+
+    return _run_batched(model, images, targets, batch_size, device, amp, one_batch)
+
+
+def hires_cams(model, images: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 32,
+               device: torch.device | str | None = None, amp: bool = False) -> torch.Tensor:
+    """HiResCAM (Draelos & Carin): sum over channels of gradient x activation, element-wise, so
+    each cell keeps its own gradient instead of the channel's spatial mean."""
+
+    def one_batch(x, t_cpu, outputs, dev, amp):
+        act, grads = _target_gradients(model, x, t_cpu, outputs, dev, amp)
+        return (grads * act).sum(dim=1)
 
     return _run_batched(model, images, targets, batch_size, device, amp, one_batch)
 

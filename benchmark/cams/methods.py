@@ -172,7 +172,7 @@ register_cam_method("cam", requires_gap_head=True, fast=fast_paths.class_activat
 register_cam_method("gradcam", fast=fast_paths.grad_cams,
                     summary="Grad-CAM: channel weights = spatial mean of the gradients")(GradCAM)
 register_cam_method("gradcam++", summary="Grad-CAM++: higher-order gradient weights")(GradCAMPlusPlus)
-register_cam_method("hirescam", summary="HiResCAM: element-wise gradient x activation")(HiResCAM)
+register_cam_method("hirescam", fast=fast_paths.hires_cams, summary="HiResCAM: element-wise gradient x activation")(HiResCAM)
 register_cam_method("scorecam", summary="Score-CAM: weights from the score of masked inputs")(ScoreCAM)
 register_cam_method("layercam", summary="LayerCAM: positive gradients x activation")(LayerCAM)
 register_cam_method("eigencam", summary="Eigen-CAM: first principal component (class-agnostic)")(EigenCAM)

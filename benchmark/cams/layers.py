@@ -1,0 +1,113 @@
+"""Which layer a CAM explains: the registry's own, a named one, or one picked by its stride.
+
+`METHOD@LAYER` explains at another layer than the registry's `cam_target_layer`. LAYER is a
+dotted path inside the net (`layer3`) or a stride alias, `strideN`: the last layer, in forward
+order, whose output is N times smaller than the input. Stride aliases make one method string
+mean the same resolution on every architecture (`hirescam@stride16` is resnet18's `layer3`,
+vgg16's last conv block before its final pool, shallow's `features`), so runs of different
+models stay comparable in one leaderboard column.
+
+Why a finer layer at all: a map is upsampled before the lung measures, so its resolution caps
+lung_mass. On the phantom a perfect lungs-only map scores 0.50 at 4 x 4 (resnet18's last block
+at 128 px), 0.76 at 8 x 8 and 0.86 at 14 x 14 (bench/RESULTS.md).
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from benchmark.errors import BenchmarkError
+
+STRIDE_ALIAS = re.compile(r"^stride(\d+)$")
+_PROBE_SIZE = 256  # divisible by every stride up to 256; strides are read as input / output size
+_cache: dict[tuple[str, int], str] = {}
+
+
+def stride_of(name: str) -> int | None:
+    """'stride16' -> 16; any other layer name -> None."""
+    match = STRIDE_ALIAS.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _on_main_path(name: str, modules: dict[str, torch.nn.Module]) -> bool:
+    """True when every container above the layer is an nn.Sequential: its output then feeds the
+    rest of the net as a whole, unlike a conv inside a residual or inception block, whose
+    output is only one branch (resnet50's `layer4.0.bn1` sits at stride 16 but inside a
+    stride-32 block)."""
+    parts = name.split(".")
+    return all(isinstance(modules[".".join(parts[:i])], torch.nn.Sequential) for i in range(1, len(parts)))
+
+
+def layer_strides(model, size: int = _PROBE_SIZE) -> list[tuple[str, float]]:
+    """(dotted name, stride) of the layers a stride alias may pick, in the order the forward
+    pass finishes them, up to and including the registry's CAM layer: layers on the main path
+    (see `_on_main_path`), called once per forward (a hook on a shared ReLU would see several
+    tensors), with a 4-D output. One no-grad forward of a blank image in eval mode; the
+    model's train/eval flags are restored."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    size = max(size, int(getattr(model.spec, "min_input_size", 0) or 0))
+    modules = dict(model.net.named_modules())
+    seen: list[tuple[str, float]] = []
+    calls: dict[str, int] = {}
+    handles = []
+    for name, module in modules.items():
+        if not name:
+            continue
+
+        def hook(module, inputs, output, name=name):
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-1] > 0:
+                seen.append((name, size / output.shape[-1]))
+
+        handles.append(module.register_forward_hook(hook))
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 1, size, size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes:
+            module.training = training
+    names = [name for name, _ in seen]
+    target = model.spec.cam_target_layer
+    end = names.index(target) + 1 if target in names else len(seen)
+    return [(name, stride) for name, stride in seen[:end]
+            if calls[name] == 1 and _on_main_path(name, modules)]
+
+
+def layer_at_stride(model, stride: int) -> str:
+    """The last layer whose output is `stride` times smaller than the input (within a factor
+    sqrt(2), so inception's 17 x 17 grid at 299 px counts as stride 16). Cached per
+    architecture: the answer depends on the layers, not on the weights or the class count."""
+    key = (model.spec.name, stride)
+    if key in _cache:
+        return _cache[key]
+    if stride < 1:
+        raise BenchmarkError(f"a stride alias needs a stride >= 1, got stride{stride}")
+    strides = layer_strides(model)
+    near = [name for name, s in strides if abs(math.log2(s / stride)) <= 0.5]
+    if not near:
+        found = sorted({round(s) for _, s in strides})
+        raise BenchmarkError(f"{model.spec.name} has no layer at stride {stride}; "
+                             f"its layers' strides: {', '.join(map(str, found))}")
+    _cache[key] = near[-1]
+    return near[-1]
+
+
+def resolve_layer(model, layer: str) -> str:
+    """A dotted layer path inside `model.net`, from a path or a stride alias; clear error otherwise."""
+    stride = stride_of(layer)
+    if stride is not None:
+        return layer_at_stride(model, stride)
+    try:
+        model.net.get_submodule(layer)
+    except AttributeError:
+        children = [n for n, _ in model.net.named_children()]
+        raise BenchmarkError(f"{model.spec.name} has no layer {layer!r}; its top-level layers: "
+                             f"{', '.join(children)} (or a stride alias such as stride16)") from None
+    return layer

@@ -1,0 +1,79 @@
+"""Stride aliases (METHOD@strideN): one method string, the same map resolution on every net."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmark.cams.layers import layer_at_stride, layer_strides, resolve_layer, stride_of
+from benchmark.errors import BenchmarkError
+from benchmark.explain import explained_at, method_maps
+from benchmark.models import create_model
+from benchmark.models.zoo import PAPER_MODELS
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return create_model("resnet18", num_classes=3)
+
+
+def test_stride_alias_parsing():
+    assert stride_of("stride16") == 16
+    assert stride_of("layer3") is None
+    assert stride_of("stride") is None
+
+
+@pytest.mark.parametrize("stride,layer", [(8, "layer2"), (16, "layer3"), (32, "layer4")])
+def test_resnet18_strides_name_its_stages(resnet18, stride, layer):
+    assert layer_at_stride(resnet18, stride) == layer
+
+
+def test_a_layer_inside_a_residual_block_is_never_picked():
+    # resnet50's layer4.0.conv1/bn1 run at stride 16 but are one branch of a stride-32 block
+    model = create_model("resnet50", num_classes=2)
+    assert layer_at_stride(model, 16) == "layer3"
+    names = [name for name, _ in layer_strides(model)]
+    assert "layer4.0.bn1" not in names and "layer3" in names
+
+
+def test_the_search_stops_at_the_registry_layer():
+    # squeezenet's classifier convs come after its CAM layer: never a stride alias's answer
+    model = create_model("squeezenet1_1", num_classes=2)
+    assert all(not name.startswith("classifier") for name, _ in layer_strides(model))
+    assert layer_at_stride(model, 16) == "features"
+
+
+def test_an_absent_stride_is_a_clear_error_and_a_path_still_works(resnet18):
+    with pytest.raises(BenchmarkError, match=r"no layer at stride 128; its layers' strides: .*\b2\b.*\b32\b"):
+        layer_at_stride(resnet18, 128)
+    assert resolve_layer(resnet18, "layer1") == "layer1"
+    with pytest.raises(BenchmarkError, match="no layer 'layer9'.*stride16"):
+        resolve_layer(resnet18, "layer9")
+
+
+def test_probing_leaves_the_model_as_it_was(resnet18):
+    resnet18.train()
+    before = {k: v.clone() for k, v in resnet18.state_dict().items()}
+    layer_strides(resnet18)
+    assert resnet18.training and all(m.training for m in resnet18.modules())
+    after = resnet18.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats untouched
+    resnet18.eval()
+
+
+def test_explained_at_an_alias_restores_the_spec_and_gives_stride16_maps(resnet18):
+    spec = resnet18.spec
+    x = torch.rand(2, 1, 128, 128)
+    maps = method_maps(resnet18, x, torch.tensor([0, 1]), "hirescam@stride16")
+    assert maps.shape == (2, 8, 8)
+    assert resnet18.spec is spec
+    with explained_at(resnet18, "stride16"):
+        assert resnet18.spec.cam_target_layer == "layer3" and not resnet18.spec.gap_head
+    assert resnet18.spec is spec
+
+
+@pytest.mark.parametrize("name", [*PAPER_MODELS, "shallow"])
+def test_every_zoo_model_has_a_stride16_layer(name):
+    model = create_model(name, num_classes=2)
+    layer = layer_at_stride(model, 16)
+    strides = dict(layer_strides(model))
+    assert 16 / 2 ** 0.5 <= strides[layer] <= 16 * 2 ** 0.5
