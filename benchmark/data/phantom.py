@@ -36,7 +36,7 @@ from benchmark.errors import BenchmarkError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump when drawing changes, so materialised folders are not reused
+GENERATOR_VERSION = 2  # bump when drawing changes, so materialised folders are not reused
 LUNG_PATTERNS = ("normal", "pneumonia", "covid")  # class names the generator knows how to draw
 _STREAM_COUNTS, _STREAM_LABELS, _STREAM_MARKER = 1, 2, 5
 _BLOCK = 64  # patients per block of image counts (blocks keep index lookup independent of n)

@@ -15,6 +15,9 @@ from PIL import Image
 
 ANATOMY_STREAM, IMAGE_STREAM, PATTERN_STREAM, PATTERN_TEXTURE_STREAM = 3, 4, 6, 7
 ANATOMY_MAX = 229  # anatomy never reaches this, so the marker (>= 240) is always distinct
+# Field of view: the thorax is drawn this much larger than the unit square so the lungs cover
+# about a third of the image, as in the pack's cohen masks (median share 0.37).
+ZOOM = 1.25
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -117,7 +120,7 @@ def draw_anatomy(rng: np.random.Generator, seed: int, index: int, size: int) -> 
     img_rng = np.random.default_rng([seed, IMAGE_STREAM, index])
     theta = float(np.deg2rad(pose[0] + _u(img_rng, -2.5, 2.5)))
     tx, ty = pose[1] + _u(img_rng, -0.03, 0.03), pose[2] + _u(img_rng, -0.03, 0.03)
-    scale = pose[3] * _u(img_rng, 0.97, 1.03)
+    scale = ZOOM * pose[3] * _u(img_rng, 0.97, 1.03)
     grid = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1)
     gx, gy = grid[None, :] - tx, grid[:, None] - ty
     x = ((np.cos(theta) * gx + np.sin(theta) * gy) / scale).astype(np.float32)
@@ -181,18 +184,18 @@ def draw_lung_pattern(canvas: Canvas, label: str, seed: int, patient: int,
         cx = lung.cx + lung.side * lung.a * _u(rng, -0.1, 0.45)
         cy = lung.cy + lung.b * _u(rng, -0.3, 0.35)
         sx, sy = lung.a * _u(rng, 0.4, 0.6), lung.b * _u(rng, 0.25, 0.4)
-        pattern = _u(rng, 0.3, 0.42) * _blob(x, y, cx, cy, sx, sy)
+        pattern = _u(rng, 0.36, 0.5) * _blob(x, y, cx, cy, sx, sy)
         if rng.random() < 0.5:  # bounded above by a fissure: a sharp upper edge
             pattern *= 1 / (1 + np.exp(-(y - (cy - 0.6 * sy)) / 0.015))
         pattern *= 0.8 + 0.2 * smooth_noise(tex_rng, size, 20)
-    else:  # covid: faint ground glass, peripheral and lower zone, in both lungs
+    else:  # covid: patchy ground glass, peripheral and lower zone, in both lungs
         pattern = np.zeros_like(canvas.intensity)
         for lung in canvas.lungs:
-            for _ in range(int(rng.integers(2, 4))):
+            for _ in range(int(rng.integers(3, 5))):
                 cx = lung.cx + lung.side * lung.a * _u(rng, 0.3, 0.7)
                 cy = lung.cy + lung.b * _u(rng, 0.05, 0.6)
-                s = _u(rng, 0.07, 0.12)
-                pattern += _u(rng, 0.09, 0.14) * _blob(x, y, cx, cy, s, s * _u(rng, 1.0, 1.6))
+                s = _u(rng, 0.08, 0.13)
+                pattern += _u(rng, 0.16, 0.24) * _blob(x, y, cx, cy, s, s * _u(rng, 1.0, 1.6))
         pattern *= np.clip(0.7 + 0.5 * smooth_noise(tex_rng, size, 32), 0.2, 1.3)
     inside = np.clip(canvas.lung_depth / 0.08, 0, 1)  # 0 on and outside the mask edge
     return (pattern * inside).astype(np.float32)
