@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .cams import DEFAULT_CAM_METHODS
 from .data.decode import DecodeCache
 from .explain import cam_rows, faithfulness_rows
 from .lungmasks import complete_masks
@@ -20,7 +21,7 @@ from .probes import probe_rows
 
 @dataclass(frozen=True)
 class AuditOptions:
-    cam_methods: tuple[str, ...] = ("cam", "gradcam")
+    cam_methods: tuple[str, ...] = DEFAULT_CAM_METHODS
     faithfulness_sample: int = 8
     probes: bool = True
     segmenter: str | None = None

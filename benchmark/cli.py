@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 
+from .cams import DEFAULT_CAM_METHODS
 from .errors import BenchmarkError
 
 log = logging.getLogger("benchmark")
@@ -30,10 +31,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_cam_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cam-methods", default="cam,gradcam",
+    p.add_argument("--cam-methods", default=",".join(DEFAULT_CAM_METHODS),
                    help="CAM methods for every test image (comma list of cam, gradcam, gradcam++, hirescam, "
-                        "scorecam, layercam, eigencam; 'none' to skip; default cam,gradcam). "
-                        "METHOD@LAYER explains at another layer, e.g. gradcam@layer3 for a finer map")
+                        f"scorecam, layercam, eigencam; 'none' to skip; default {','.join(DEFAULT_CAM_METHODS)}). "
+                        "METHOD@LAYER explains at another layer: a dotted path (gradcam@layer3) or a stride "
+                        "alias, the last layer N times smaller than the input (hirescam@stride16), which "
+                        "names the same resolution on every architecture")
     p.add_argument("--segmenter", default=None,
                    help="lung segmenter checkpoint stem for images without ground-truth masks "
                         "(default checkpoints/lungseg/lung_unet; train: python -m benchmark lungs train)")

@@ -22,6 +22,7 @@ from .data.datasets import Dataset, load_dataset
 from .data.decode import DecodeCache
 from .device import resolve_device
 from .audit import AuditOptions, audit_tables
+from .cams import DEFAULT_CAM_METHODS
 from .evaluate import score_images
 from .lungmasks import complete_masks, segmenter_row
 from .models import create_model, get_spec
@@ -51,7 +52,7 @@ class JobSpec:
     max_per_class: int | None = None
     n_phantom: int | None = None
     n_boot: int = 1000
-    cam_methods: tuple[str, ...] = ("cam", "gradcam")
+    cam_methods: tuple[str, ...] = DEFAULT_CAM_METHODS
     faithfulness_sample: int = 8
     segmenter: str | None = None           # lung segmenter stem; None: checkpoints/lungseg/lung_unet
     checkpoint_dir: str = "checkpoints"

@@ -70,8 +70,8 @@ def explain(model, meta: dict, image: np.ndarray, method: str, lung_mask: np.nda
     """
     import torch
 
-    from benchmark.cams.engine import compute_cams
     from benchmark.cams.lungfocus import lung_focus
+    from benchmark.explain import method_maps
 
     classes = tuple(str(c) for c in meta.get("classes", []))
     start = time.perf_counter()
@@ -81,7 +81,7 @@ def explain(model, meta: dict, image: np.ndarray, method: str, lung_mask: np.nda
         with torch.no_grad():
             probs = torch.softmax(model(x).float(), dim=1)[0]
         pred = int(probs.argmax())
-        cam = compute_cams(model, x, torch.tensor([pred]), method)[0].numpy()
+        cam = method_maps(model, x, torch.tensor([pred]), method)[0].numpy()
     except BenchmarkError as exc:
         return LiveCam(label=label, classes=classes, error=str(exc))
     except (RuntimeError, ValueError, KeyError) as exc:  # shape mismatch, bad sidecar

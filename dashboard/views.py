@@ -12,6 +12,17 @@ import numpy as np
 import pandas as pd
 
 MEAN_OVER_CLASSES = "mean over classes"
+# Which CAM method a page shows first: the audit's own default for lung focus (fine enough to
+# tell a lung-reading model from a shortcut one on the phantom), else the paper's Grad-CAM.
+PREFERRED_METHODS = ("hirescam@stride16", "gradcam")
+
+
+def preferred_method_index(methods: list[str]) -> int:
+    """Index of the first preferred method present in `methods` (0 when none is)."""
+    for name in PREFERRED_METHODS:
+        if name in methods:
+            return methods.index(name)
+    return 0
 #: leaderboard sort choices -> (column, ascending)
 SORT_KEYS = {
     "accuracy (high first)": ("accuracy", False),

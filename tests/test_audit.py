@@ -10,7 +10,7 @@ import pytest
 from benchmark.cli import main
 from benchmark.store import queries, reader
 
-ALL_METHODS = "cam,gradcam,gradcam++,hirescam,scorecam,layercam,eigencam"
+ALL_METHODS = "cam,gradcam,gradcam++,hirescam,scorecam,layercam,eigencam,hirescam@stride16"
 SMALL = ["--epochs", "1", "--image-size", "64", "--device", "cpu", "--no-progress"]
 
 
@@ -29,20 +29,26 @@ def segmenter(tmp_path_factory, cxr_root):
 
 def test_cohen_kermany_every_test_image_every_method(tmp_path, cache_env, cxr_root, segmenter):
     db = tmp_path / "r.duckdb"
-    assert main(["run", "--data", "cohen-kermany", "--data-root", str(cxr_root), "--models", "shallow",
+    assert main(["run", "--data", "cohen-kermany", "--data-root", str(cxr_root), "--models", "shallow,resnet18",
                  "--max-per-class", "12", "--cam-methods", ALL_METHODS, "--faithfulness-sample", "2",
                  "--segmenter", str(segmenter), "--db", str(db), "--checkpoint-dir", str(tmp_path / "ck"),
                  *SMALL]) == 0
     with reader(db) as con:
-        run_id = queries.runs(con).run_id.iloc[0]
+        runs = queries.runs(con)
         test_ids = set(con.execute("SELECT image_id FROM images WHERE split='test'").df().image_id)
-        cams = con.execute("SELECT * FROM cams WHERE run_id = ?", [run_id]).df()
+        cams = con.execute("SELECT * FROM cams").df()
         faith = con.execute("SELECT * FROM faithfulness").df()
         seg = con.execute("SELECT * FROM lung_segmenters").df()
         probes = con.execute("SELECT * FROM probes").df()
+    assert sorted(runs.model) == ["resnet18", "shallow"] and set(runs.status) == {"done"}
     pred = cams[cams.target_kind == "pred"]
-    for method in ALL_METHODS.split(","):
-        assert set(pred[pred.method == method].image_id) == test_ids, method
+    for run_id in runs.run_id:  # every model, every method, every test image
+        for method in ALL_METHODS.split(","):
+            mine = pred[(pred.run_id == run_id) & (pred.method == method)]
+            assert set(mine.image_id) == test_ids, (run_id, method)
+    # the stride alias gives the same resolution on both architectures (64 px / 16)
+    fine = pred[pred.method == "hirescam@stride16"]
+    assert set(zip(fine.height, fine.width)) == {(4, 4)}
     assert pred.lung_mass.notna().all() and pred.lung_iou.notna().all()
     # kermany images have no ground-truth mask: the segmenter's masks are used and say so
     assert set(pred.mask_source) <= {"gt-v7", "gt-lungvae", "predicted"}
@@ -52,9 +58,9 @@ def test_cohen_kermany_every_test_image_every_method(tmp_path, cache_env, cxr_ro
     row = pred.iloc[0]
     cam = queries.cam_array(row)
     assert cam.shape == (row.height, row.width) and 0 <= cam.min() and cam.max() <= 1
-    assert set(faith.method) == set(ALL_METHODS.split(",")) and set(faith.metric) == {"road_combined", "confidence_drop"}
+    assert set(faith.method) == set(ALL_METHODS.split(",")) and set(faith.run_id) == set(runs.run_id) and set(faith.metric) == {"road_combined", "confidence_drop"}
     assert np.isfinite(faith.value).all()
-    assert {"intact", "lungs_removed", "lungs_only"} <= set(probes.probe)
+    assert {"intact", "lungs_removed", "lungs_only"} <= set(probes.probe) and set(probes.run_id) == set(runs.run_id)
 
 
 def test_cams_command_and_external_validation(tmp_path, cache_env):

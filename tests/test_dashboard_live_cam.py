@@ -60,7 +60,7 @@ def test_upload_real_xray_shows_each_model_and_its_cam(app_env, real_xray):
     assert not at.exception and not at.error
     assert len(_predictions(at)) == 2
     assert len(at.image) == 3  # the upload with its mask, two overlays
-    assert "gradcam on CPU" in texts(at)
+    assert "hirescam@stride16 on CPU" in texts(at)  # the audit's fine map is the default here too
     at.multiselect(key="live_models").set_value(at.multiselect(key="live_models").value[:1]).run()
     assert len(_predictions(at)) == 1 and len(at.image) == 2
     at.selectbox(key="live_method").set_value("gradcam++").run()
@@ -165,6 +165,9 @@ def test_explain_predicts_and_scores_against_the_mask(app_env, real_xray):
     assert no_mask.lung_mass is None and no_mask.pred == res.pred
     bad = live.explain(model, meta, image, "no-such-method")
     assert "choose one of" in bad.error
+    fine = live.explain(model, meta, image, "hirescam@stride16", mask)
+    size = int(meta["input_size"])
+    assert fine.error == "" and fine.cam.shape == (size // 16, size // 16) and fine.lung_mass is not None
 
 
 def test_size_limit_in_code_and_in_server_config(real_xray):

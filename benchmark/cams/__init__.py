@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import importlib
 
+# The paper's maps (last block) plus one fine enough for the lung measures: on the phantom a
+# last-block map of resnet18 (4 x 4 at 128 px) cannot tell a lung-reading model from a
+# shortcut one, a stride-16 HiResCAM can (bench/RESULTS.md, "Proving the measure").
+DEFAULT_CAM_METHODS = ("cam", "gradcam", "hirescam@stride16")
+
 _EXPORTS = {
     "compute_cams": "engine",
     "upsample_cam": "engine",

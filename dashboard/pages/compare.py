@@ -80,7 +80,7 @@ panels = []  # (title, cam row or None, prediction row)
 if mode == MODES[0]:
     _valid("cmp_method", methods)
     method = m1.selectbox("CAM method", methods or ["(none stored)"], key="cmp_method",
-                          index=methods.index("gradcam") if "gradcam" in methods else 0)
+                          index=views.preferred_method_index(methods))
     k_max = max(1, min(8, len(preds)))
     k = m2.slider("Top k models by test accuracy", 1, k_max, min(4, k_max), key="cmp_k") if k_max > 1 else 1
     cams = cache.query("image_cams", image_id, method) if methods else None

@@ -22,7 +22,7 @@ c1, c2, c3, c4 = st.columns([3, 1.2, 1.4, 1.8])
 chosen = c1.multiselect("Datasets", all_datasets, default=all_datasets, key="lb_datasets",
                         persist_state="session")
 method = c2.selectbox("CAM method", methods or ["(no CAMs stored)"],
-                      index=methods.index("gradcam") if "gradcam" in methods else 0,
+                      index=views.preferred_method_index(methods),
                       key="lb_method", persist_state="session",
                       help="Lung focus is averaged over this method's maps of the predicted class on test images.")
 class_choice = c3.selectbox("Sens. / spec. / AUC of", [views.MEAN_OVER_CLASSES] + views.class_choices(class_metrics),

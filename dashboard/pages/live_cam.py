@@ -27,16 +27,18 @@ cfg = cache.settings()
 checkpoints = views.rank_checkpoints(list_checkpoints(cfg.checkpoints_dir)) if cfg.checkpoints_dir.is_dir() else []
 by_path = {c["path"]: c for c in checkpoints}
 
+from benchmark.cams import DEFAULT_CAM_METHODS  # noqa: E402
 from benchmark.cams.methods import list_cam_methods  # noqa: E402  (pulls in torch; only this page needs it)
 
-methods = list_cam_methods()
+methods = list_cam_methods() + [m for m in DEFAULT_CAM_METHODS if "@" in m]
 c1, c2 = st.columns([3, 1])
 chosen = c1.multiselect("Models", list(by_path), default=list(by_path)[:3], key="live_models",
                         format_func=lambda p: views.checkpoint_label(by_path[p]),
                         placeholder="choose checkpoints", persist_state="session")
-method = c2.selectbox("CAM method", methods, index=methods.index("gradcam") if "gradcam" in methods else 0,
+method = c2.selectbox("CAM method", methods, index=views.preferred_method_index(methods),
                       key="live_method", persist_state="session",
-                      help="Grad-CAM and CAM are fast; Score-CAM runs the model once per channel (slow on CPU).")
+                      help="CAM, Grad-CAM and HiResCAM are fast; Score-CAM runs the model once per channel (slow on CPU). "
+                           "@stride16 explains at the last layer 16 times smaller than the input (finer maps).")
 if not checkpoints:
     st.info(f"No classifier checkpoints in `{cfg.checkpoints_dir}`. `python -m benchmark run` saves one per "
             "trained model (or start the dashboard with `--checkpoints DIR`). The upload below still shows "

@@ -19,7 +19,7 @@ c1, c2, c3 = st.columns([1.2, 1, 2.6])
 dataset = c1.selectbox("Dataset", datasets, key="mis_dataset", **keep)
 methods = cache.query("cam_methods", dataset)
 method = c2.selectbox("CAM method", methods or ["(none stored)"], key="mis_method",
-                      index=methods.index("gradcam") if "gradcam" in methods else 0, **keep)
+                      index=views.preferred_method_index(methods), **keep)
 method = method if methods else None
 rows = cache.query("prediction_rows", dataset, method)
 if rows.empty:
