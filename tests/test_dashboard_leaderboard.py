@@ -198,3 +198,15 @@ def test_scatter_has_one_point_per_run_and_the_baselines(results_db):
     assert [ln.x0 for ln in lines] == [0.25]  # equal baselines share one line
     fig = render.accuracy_focus_scatter(board, {"phantom-clean": 0.2, "phantom-shortcut": 0.3, "absent": 0.5})
     assert sorted(s.x0 for s in fig.layout.shapes if s.type == "line") == [0.2, 0.3]
+
+
+def test_pages_open_on_the_audits_fine_map_when_it_is_stored(tmp_path, monkeypatch):
+    assert views.preferred_method_index(["cam", "gradcam", "hirescam@stride16"]) == 2
+    assert views.preferred_method_index(["cam", "gradcam"]) == 1
+    assert views.preferred_method_index(["eigencam"]) == 0
+    db = build_results_db(tmp_path, FakeResultsSpec(methods=("gradcam", "hirescam@stride16"), n_test=4,
+                                                    models=("shallow",), with_failed_run=False))
+    monkeypatch.setenv("CXR_RESULTS_DB", str(db))
+    at = open_page(PAGE)
+    assert not at.exception
+    assert at.selectbox(key="lb_method").value == "hirescam@stride16"
