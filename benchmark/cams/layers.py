@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 
 import torch
 
@@ -22,7 +23,8 @@ from benchmark.errors import BenchmarkError
 
 STRIDE_ALIAS = re.compile(r"^stride(\d+)$")
 _PROBE_SIZE = 256  # divisible by every stride up to 256; strides are read as input / output size
-_cache: dict[tuple[str, int], str] = {}
+# per net instance, not per registry name: a stand-in or user-built net may reuse a zoo name
+_cache: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, str]] = weakref.WeakKeyDictionary()
 
 
 def stride_of(name: str) -> int | None:
@@ -82,11 +84,11 @@ def layer_strides(model, size: int = _PROBE_SIZE) -> list[tuple[str, float]]:
 
 def layer_at_stride(model, stride: int) -> str:
     """The last layer whose output is `stride` times smaller than the input (within a factor
-    sqrt(2), so inception's 17 x 17 grid at 299 px counts as stride 16). Cached per
-    architecture: the answer depends on the layers, not on the weights or the class count."""
-    key = (model.spec.name, stride)
-    if key in _cache:
-        return _cache[key]
+    sqrt(2), so inception's 17 x 17 grid at 299 px counts as stride 16). Cached per net: the
+    answer depends on its layers, not on its weights, so one probe forward serves every call."""
+    known = _cache.setdefault(model.net, {})
+    if stride in known:
+        return known[stride]
     if stride < 1:
         raise BenchmarkError(f"a stride alias needs a stride >= 1, got stride{stride}")
     strides = layer_strides(model)
@@ -95,7 +97,7 @@ def layer_at_stride(model, stride: int) -> str:
         found = sorted({round(s) for _, s in strides})
         raise BenchmarkError(f"{model.spec.name} has no layer at stride {stride}; "
                              f"its layers' strides: {', '.join(map(str, found))}")
-    _cache[key] = near[-1]
+    known[stride] = near[-1]
     return near[-1]
 
 
