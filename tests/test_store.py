@@ -1,6 +1,7 @@
 """results.duckdb: one transaction per run, nothing partial, readers beside a writer."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -97,44 +98,40 @@ def test_reader_missing_db_says_how_to_make_one(tmp_path):
             pass
 
 
-def test_reader_waits_for_writer_in_other_process(tmp_path):
-    """A writer in another process holds the file; our reader retries and then reads."""
-    db = tmp_path / "r.duckdb"
-    write_run(db, _bundle("r1"))
+@contextlib.contextmanager
+def _held_in_other_process(db, *, read_only: bool):
+    """Another process opens `db` (as a writer or a reader) and holds it for 1.5 s; yields once it has it."""
     script = textwrap.dedent(f"""
-        import duckdb, time, sys
-        con = duckdb.connect({str(db)!r})
-        print("locked", flush=True)
+        import duckdb, time
+        con = duckdb.connect({str(db)!r}, read_only={read_only})
+        print("holding", flush=True)
         time.sleep(1.5)
         con.close()
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline().strip() == "locked"
+        assert proc.stdout.readline().strip() == "holding"
+        yield
+    finally:
+        proc.wait(timeout=20)
+
+
+def test_reader_waits_for_writer_in_other_process(tmp_path):
+    """A writer in another process holds the file; our reader retries and then reads."""
+    db = tmp_path / "r.duckdb"
+    write_run(db, _bundle("r1"))
+    with _held_in_other_process(db, read_only=False):
         with pytest.raises(duckdb.Error):  # a plain connect fails while the writer holds it
             duckdb.connect(str(db), read_only=True)
         with reader(db, timeout_s=20) as con:
             assert queries.done_run_ids(con) == {"r1"}
-    finally:
-        proc.wait(timeout=20)
 
 
 def test_writer_waits_for_reader_in_other_process(tmp_path):
     db = tmp_path / "r.duckdb"
     write_run(db, _bundle("r1"))
-    script = textwrap.dedent(f"""
-        import duckdb, time
-        con = duckdb.connect({str(db)!r}, read_only=True)
-        print("reading", flush=True)
-        time.sleep(1.5)
-        con.close()
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "reading"
+    with _held_in_other_process(db, read_only=True):
         write_run(db, _bundle("r2"))
-    finally:
-        proc.wait(timeout=20)
     assert _count(db, "runs") == 2
 
 
