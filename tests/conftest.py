@@ -45,3 +45,10 @@ def cache_env(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("CXR_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def app_env(results_db, monkeypatch):
+    """Dashboard tests: the app reads the module's `results_db` fixture (each page module builds its own)."""
+    monkeypatch.setenv("CXR_RESULTS_DB", str(results_db))
+    return results_db

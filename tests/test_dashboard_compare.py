@@ -16,12 +16,6 @@ def results_db(tmp_path_factory):
     return build_results_db(tmp_path_factory.mktemp("cmp"))
 
 
-@pytest.fixture
-def app_env(results_db, monkeypatch):
-    monkeypatch.setenv("CXR_RESULTS_DB", str(results_db))
-    return results_db
-
-
 def _panel_titles(at) -> list[str]:
     return [m.value.strip("*") for m in at.markdown if m.value.startswith("**") and "True class" not in m.value]
 

@@ -20,12 +20,6 @@ def results_db(tmp_path_factory):
     return build_results_db(tmp_path_factory.mktemp("lb"))
 
 
-@pytest.fixture
-def app_env(results_db, monkeypatch):
-    monkeypatch.setenv("CXR_RESULTS_DB", str(results_db))
-    return results_db
-
-
 def _board(at):
     return at.dataframe[0].value  # AppTest keeps no key on dataframes: the leaderboard is the first
 

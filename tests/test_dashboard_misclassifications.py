@@ -19,12 +19,6 @@ def results_db(tmp_path_factory):
     return build_results_db(tmp_path_factory.mktemp("mis"), FakeResultsSpec(n_test=30))
 
 
-@pytest.fixture
-def app_env(results_db, monkeypatch):
-    monkeypatch.setenv("CXR_RESULTS_DB", str(results_db))
-    return results_db
-
-
 @pytest.fixture(scope="module")
 def rows(results_db):
     with reader(results_db) as con:
