@@ -19,7 +19,7 @@ import duckdb
 import streamlit as st
 
 from benchmark.store import queries, reader
-from benchmark.store.connection import LOCK_MARKERS
+from benchmark.store.connection import is_lock_error
 
 from . import images
 from .settings import DashboardSettings, resolve_settings
@@ -52,23 +52,24 @@ def db_stamp(db: Path) -> tuple[int, int, int] | None:
     return st_db.st_mtime_ns, st_db.st_size, wal_mtime
 
 
-def _is_lock_error(exc: Exception) -> bool:
-    return any(m.lower() in str(exc).lower() for m in LOCK_MARKERS)
-
-
 @st.cache_resource(show_spinner=False)
 def _last_results() -> dict:
     """Last good result per (db, query, args): what a page shows while a writer holds the file."""
     return {}
 
 
-@st.cache_data(ttl=600, max_entries=512, show_spinner=False)
+# How long a query result is reused while the DB file is unchanged (cache keys also carry the
+# file's modification time, so a finished run shows at once).
+QUERY_TTL_S = 600
+
+
+@st.cache_data(ttl=QUERY_TTL_S, max_entries=512, show_spinner=False)
 def _cached_query(db: str, stamp: tuple, name: str, args: tuple, lock_wait_s: float):
     try:
         with reader(db, timeout_s=lock_wait_s) as con:
             return getattr(queries, name)(con, *args)
     except duckdb.Error as exc:
-        if _is_lock_error(exc):
+        if is_lock_error(exc):
             raise DatabaseBusy(str(exc)) from exc
         raise
 
@@ -160,6 +161,6 @@ def segmenter_for(cfg: DashboardSettings):
     from benchmark.lungseg import DEFAULT_SEGMENTER_STEM
 
     stem = Path(cfg.segmenter_stem or DEFAULT_SEGMENTER_STEM)
-    weights = stem.with_suffix(".safetensors") if stem.suffix != ".safetensors" else stem
+    weights = stem.with_suffix(".safetensors")
     mtime = weights.stat().st_mtime_ns if weights.exists() else 0
     return load_segmenter(str(stem), mtime)

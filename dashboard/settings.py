@@ -30,8 +30,6 @@ MAX_UPLOAD_MB = 50
 class DashboardSettings:
     """Paths and limits of one dashboard process.
 
-    `cache_ttl_s` bounds how long a query result is reused when the database file did not change
-    (cache keys also carry the file's modification time, so a finished run shows at once);
     `lock_wait_s` is how long a page waits for a benchmark writer before it shows the last
     results it has instead.
     """
@@ -40,7 +38,6 @@ class DashboardSettings:
     checkpoints_dir: Path
     segmenter_stem: Path | None = None  # None: the project's default checkpoints/lungseg/lung_unet
     max_upload_mb: int = MAX_UPLOAD_MB
-    cache_ttl_s: int = 600
     lock_wait_s: float = 3.0
 
     def __post_init__(self):

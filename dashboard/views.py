@@ -4,7 +4,6 @@ Pages call these and only draw; tests call them directly. SQL stays in benchmark
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -268,14 +267,6 @@ def cam_from_row(row) -> np.ndarray:
     from benchmark.store.queries import cam_array
 
     return cam_array(row)
-
-
-def classes_of(classes_json) -> list[str]:
-    try:
-        value = json.loads(classes_json) if isinstance(classes_json, str) else []
-    except json.JSONDecodeError:
-        return []
-    return [str(c) for c in value] if isinstance(value, list) else []
 
 
 def checkpoint_label(meta: dict) -> str:

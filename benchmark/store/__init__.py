@@ -3,9 +3,9 @@
 All SQL of the project lives in this package.
 """
 from .connection import reader, writer
-from .writes import (RunBundle, replace_run_rows, replace_run_tables, write_images, write_run,
+from .writes import (RunBundle, replace_run_rows, replace_run_tables, write_run,
                      write_segmenter)
 from . import queries
 
-__all__ = ["reader", "writer", "RunBundle", "write_run", "replace_run_rows", "write_images",
+__all__ = ["reader", "writer", "RunBundle", "write_run", "replace_run_rows",
            "write_segmenter", "replace_run_tables", "queries"]

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 LOCK_MARKERS = ("lock", "Conflicting lock", "being used by another process")
 
 
-def _is_lock_error(exc: Exception) -> bool:
+def is_lock_error(exc: Exception) -> bool:
+    """True for DuckDB's "file is held by another process" errors (worth a retry)."""
     return any(m.lower() in str(exc).lower() for m in LOCK_MARKERS)
 
 
@@ -31,7 +32,7 @@ def _connect_retrying(path: Path, read_only: bool, timeout_s: float) -> duckdb.D
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as exc:  # IOException for locks
-            if not _is_lock_error(exc) or time.monotonic() > deadline:
+            if not is_lock_error(exc) or time.monotonic() > deadline:
                 raise
             log.debug("database %s locked, retrying in %.2fs", path, delay)
             time.sleep(delay)

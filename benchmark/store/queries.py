@@ -20,11 +20,6 @@ def runs(con, status: str | None = None) -> pd.DataFrame:
     return con.execute("SELECT * FROM runs WHERE status = ? ORDER BY dataset, model", [status]).df()
 
 
-def run(con, run_id: str) -> dict | None:
-    df = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
-    return None if df.empty else df.iloc[0].to_dict()
-
-
 def images(con, dataset: str | None = None) -> pd.DataFrame:
     if dataset is None:
         return con.execute("SELECT * FROM images").df()
@@ -181,11 +176,6 @@ def predicted_images(con, dataset: str, split: str = "test") -> pd.DataFrame:
             WHERE p.image_id = i.image_id AND p.split = ? AND r.status = 'done')
         ORDER BY i.label, i.image_id
         """, [dataset, split]).df()
-
-
-def image_row(con, image_id: str) -> dict | None:
-    df = con.execute("SELECT * FROM images WHERE image_id = ?", [image_id]).df()
-    return None if df.empty else df.iloc[0].to_dict()
 
 
 def image_predictions(con, image_id: str, split: str = "test") -> pd.DataFrame:

@@ -126,11 +126,6 @@ def replace_run_tables(db_path: str | Path, run_id: str, tables: dict[str, tuple
                 _insert_df(con, table, df.assign(run_id=run_id))
 
 
-def write_images(db_path: str | Path, images: pd.DataFrame, rejected: pd.DataFrame | None) -> None:
-    with transaction(db_path) as con:
-        _insert_images(con, images, rejected)
-
-
 def write_segmenter(db_path: str | Path, row: dict) -> None:
     with writer(db_path) as con:
         _insert_df(con, "lung_segmenters", pd.DataFrame([row]))
