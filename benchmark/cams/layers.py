@@ -9,7 +9,7 @@ models stay comparable in one leaderboard column.
 
 Why a finer layer at all: a map is upsampled before the lung measures, so its resolution caps
 lung_mass. On the phantom a perfect lungs-only map scores 0.50 at 4 x 4 (resnet18's last block
-at 128 px), 0.76 at 8 x 8 and 0.86 at 14 x 14 (bench/RESULTS.md).
+at 128 px), 0.75 at 8 x 8 and 0.86 at 14 x 14 (bench/RESULTS.md).
 """
 from __future__ import annotations
 
