@@ -32,11 +32,15 @@ class AuditOptions:
 
 def audit_tables(model, classes: list[str], records: list, images: np.ndarray, masks: np.ndarray,
                  has_mask: np.ndarray, labels: np.ndarray, probs: np.ndarray, device: torch.device,
-                 opts: AuditOptions, *, split: str) -> dict[str, pd.DataFrame]:
-    """{cams, faithfulness, probes} DataFrames for these images (already at the model's input size)."""
+                 opts: AuditOptions, *, split: str, mask_sources: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """{cams, faithfulness, probes} DataFrames for these images (already at the model's input size).
+
+    `mask_sources` overrides the records' own where the caller already completed the masks (a
+    lungs-only run predicts them before training); by default they come from the records."""
     if len(records) == 0:
         return {}
-    masks, mask_sources = complete_masks(images, masks, has_mask, [r.mask_source for r in records],
+    sources = mask_sources if mask_sources is not None else [r.mask_source for r in records]
+    masks, mask_sources = complete_masks(images, masks, has_mask, sources,
                                          segmenter=opts.segmenter, device=str(device))
     preds = probs.argmax(1)
     patients = [r.patient_id for r in records]

@@ -93,36 +93,36 @@ def run_job(spec: JobSpec) -> RunBundle:
     records, images = decoded.records, decoded.images
     rejected = [(r, reason) for r, reason in decoded.rejected]
     masks, has_mask = cache.load_masks(records, size)
-    if spec.lungs_only:
-        masks, sources = complete_masks(images, masks, has_mask, [r.mask_source for r in records],
+    sources = [r.mask_source for r in records]
+    if spec.lungs_only:  # masks are needed before training here, so complete them now
+        masks, sources = complete_masks(images, masks, has_mask, sources,
                                         segmenter=spec.segmenter, device=str(device))
         has_mask = np.array([bool(s) for s in sources], dtype=bool)
         keep = np.flatnonzero(has_mask)
         rejected += [(records[i], "lungs-only run: no lung mask") for i in np.flatnonzero(~has_mask)]
-        records = [records[i] for i in keep]
+        records, sources = [records[i] for i in keep], [sources[i] for i in keep]
         images = fill_region(images[keep], ~masks[keep])
         masks, has_mask = masks[keep], has_mask[keep]
     class_index = {c: i for i, c in enumerate(dataset.classes)}
     labels = np.array([class_index[r.label] for r in records], dtype=np.int64)
     splits = np.array([r.split for r in records])
-    tensors = {}
-    for split in ("train", "val", "test"):
-        idx = np.flatnonzero(splits == split)
-        tensors[split] = (torch.from_numpy(images[idx]).to(device),
-                          torch.from_numpy(labels[idx]).to(device), idx)
-    counts = {s: int(len(t[2])) for s, t in tensors.items()}
+    index = {split: np.flatnonzero(splits == split) for split in ("train", "val", "test")}
+    # only train and val go to the device; scoring and the audit batch the test images themselves
+    tensors = {split: (torch.from_numpy(images[index[split]]).to(device),
+                       torch.from_numpy(labels[index[split]]).to(device)) for split in ("train", "val")}
+    counts = {s: int(len(i)) for s, i in index.items()}
     log.info("%s on %s: %s images per split at %dpx on %s", spec.model, dataset.name, counts, size, device)
 
     model = create_model(spec.model, len(dataset.classes), pretrained=spec.pretrained,
                          weights_dir=Path(spec.weights_dir) if spec.weights_dir else None)
     cfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, patience=spec.patience,
                       seed=spec.seed, progress=spec.progress)
-    result = fit(model, *tensors["train"][:2], *tensors["val"][:2], len(dataset.classes), cfg, device,
+    result = fit(model, *tensors["train"], *tensors["val"], len(dataset.classes), cfg, device,
                  desc=f"{spec.model}@{dataset.name}")
 
     metric_rows, pred_rows, probs_by_split = [], [], {}
     for split in ("val", "test"):
-        idx = tensors[split][2]
+        idx = index[split]
         m_rows, p_rows, probs_by_split[split] = score_images(
             model, images[idx], labels[idx], [records[i] for i in idx], dataset.classes, device, split=split,
             n_boot=spec.n_boot, seed=spec.seed, progress=spec.progress, with_predictions=split == "test")
@@ -130,18 +130,19 @@ def run_job(spec: JobSpec) -> RunBundle:
         pred_rows += p_rows
 
     headline = {m["metric"]: m["value"] for m in metric_rows if m["split"] == "test" and not m["class_name"]}
+    commit = git_commit()
     stem = Path(spec.checkpoint_dir) / dataset.name / spec.run_id
     ckpt = save_checkpoint(model, stem, {
         "architecture": spec.model, "classes": dataset.classes, "input_size": size,
         "normalization": model.normalization, "dataset": dataset.name, "pretrained": model.pretrained,
         "run_id": spec.run_id, "lungs_only": spec.lungs_only, "best_epoch": result.best_epoch,
         "metrics": {k: headline.get(k) for k in ("accuracy", "macro_auc", "macro_f1", "balanced_accuracy")},
-        "git_commit": git_commit(), "config": spec.identity(),
+        "git_commit": commit, "config": spec.identity(),
     })
     run = {
         "run_id": spec.run_id, "model": spec.model, "dataset": dataset.name, "pretrained": model.pretrained,
         "epochs": spec.epochs, "device": str(device), "status": "done", "started_at": started,
-        "finished_at": dt.datetime.now(), "git_commit": git_commit(),
+        "finished_at": dt.datetime.now(), "git_commit": commit,
         "config_json": json.dumps(dataclasses.asdict(spec), default=str), "seed": spec.seed,
         "image_size": size, "lungs_only": spec.lungs_only, "classes_json": json.dumps(dataset.classes),
         "checkpoint_path": str(ckpt), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
@@ -149,10 +150,10 @@ def run_job(spec: JobSpec) -> RunBundle:
         "n_train": counts["train"], "n_val": counts["val"], "n_test": counts["test"],
     }
     tables = {"metrics": pd.DataFrame(metric_rows), "predictions": pd.DataFrame(pred_rows)}
-    test = tensors["test"][2]
+    test = index["test"]
     tables.update(audit_tables(model, dataset.classes, [records[i] for i in test], images[test], masks[test],
                                has_mask[test], labels[test], probs_by_split["test"], device, audit_options(spec),
-                               split="test"))
+                               split="test", mask_sources=[sources[i] for i in test]))
     return RunBundle(run=run, tables=tables, images=images_frame(decoded.records),
                      rejected=rejected_frame(rejected, dataset.name),
                      segmenter=segmenter_row(spec.segmenter) if _used_predicted_masks(tables) else None)

@@ -110,3 +110,18 @@ def test_lungs_only_control_run(tmp_path, cache_env):
         assert bool(run.lungs_only) and "lungsonly" in run.run_id
         assert con.execute("SELECT count(*) FROM cams").fetchone()[0] > 0
         assert con.execute("SELECT count(*) FROM probes").fetchone()[0] == 0
+
+
+def test_lungs_only_run_keeps_the_source_of_predicted_masks(tmp_path, cache_env, cxr_root, segmenter):
+    """Kermany images have no ground-truth mask: a lungs-only run predicts them before training,
+    and its CAM rows and lung_segmenters row must still say so."""
+    db = tmp_path / "r.duckdb"
+    assert main(["run", "--data", "cohen-kermany", "--data-root", str(cxr_root), "--models", "shallow",
+                 "--max-per-class", "6", "--lungs-only", "--cam-methods", "gradcam", "--faithfulness-sample", "0",
+                 "--segmenter", str(segmenter), "--db", str(db), "--checkpoint-dir", str(tmp_path / "ck"),
+                 *SMALL]) == 0
+    with reader(db) as con:
+        sources = set(con.execute("SELECT mask_source FROM cams").df().mask_source)
+        n_segmenters = con.execute("SELECT count(*) FROM lung_segmenters").fetchone()[0]
+    assert "predicted" in sources and None not in sources
+    assert n_segmenters == 1
