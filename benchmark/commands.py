@@ -63,21 +63,20 @@ def specs_from_args(args) -> list:
 
 
 def cmd_run(args) -> int:
-    from .data.datasets import load_dataset
     from .data.splits import split_counts
+    from .job import load_job_dataset
     from .runner import run_grid
     from .store import queries, reader
 
     specs = specs_from_args(args)
     if args.data == "phantom" and not args.data_root and not os.environ.get("CXR_DATA"):
         print(f"Embedded default: synthetic phantom X-rays. {REAL_DATA_HINT}")
-    ds = load_dataset(args.data, data_root=args.data_root, data_seed=args.data_seed,
-                      max_per_class=args.max_per_class, n_phantom=args.n_phantom,
-                      cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    loaded: dict = {}  # the grid reuses this load instead of reading the sources again
+    ds = load_job_dataset(specs[0], loaded)
     print(f"dataset {ds.name}: {len(ds.records)} images, classes {ds.classes}")
     counts = pd.DataFrame(split_counts(ds.records)).fillna(0).astype(int)
     print("images per class and split (patient-level split):\n" + counts.to_string())
-    statuses = run_grid(specs, args.db, force=args.force)
+    statuses = run_grid(specs, args.db, force=args.force, loaded=loaded)
     with reader(args.db) as con:
         table = queries.summary(con)
     ids = {s["run_id"] for s in statuses}

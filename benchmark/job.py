@@ -77,16 +77,26 @@ def input_size(spec: JobSpec, dataset: Dataset) -> int:
     return spec.image_size or dataset.input_size or get_spec(spec.model).input_size
 
 
-def load_job_dataset(spec: JobSpec) -> Dataset:
-    return load_dataset(spec.data, data_root=spec.data_root, data_seed=spec.data_seed,
-                        max_per_class=spec.max_per_class, n_phantom=spec.n_phantom,
-                        cache_dir=Path(spec.cache_dir) if spec.cache_dir else None)
+def load_job_dataset(spec: JobSpec, loaded: dict | None = None) -> Dataset:
+    """The spec's dataset; with `loaded` (a dict the caller keeps), each distinct dataset of a
+    grid is read once, not once per model (real sources walk their folders and manifests)."""
+    key = (spec.data, spec.data_root, spec.data_seed, spec.max_per_class, spec.n_phantom, spec.cache_dir)
+    if loaded is not None and key in loaded:
+        return loaded[key]
+    dataset = load_dataset(spec.data, data_root=spec.data_root, data_seed=spec.data_seed,
+                           max_per_class=spec.max_per_class, n_phantom=spec.n_phantom,
+                           cache_dir=Path(spec.cache_dir) if spec.cache_dir else None)
+    if loaded is not None:
+        loaded[key] = dataset
+    return dataset
 
 
-def run_job(spec: JobSpec) -> RunBundle:
+def run_job(spec: JobSpec, dataset: Dataset | None = None) -> RunBundle:
+    """Train, score and audit one (model, dataset) pair; no DB I/O. `dataset` is the spec's, already
+    loaded (a grid shares one); by default it is loaded here."""
     started = dt.datetime.now()
     device = resolve_device(spec.device)
-    dataset = load_job_dataset(spec)
+    dataset = dataset if dataset is not None else load_job_dataset(spec)
     size = input_size(spec, dataset)
     cache = DecodeCache(Path(spec.cache_dir) if spec.cache_dir else None)
     decoded = cache.load(dataset.records, size, progress=spec.progress)

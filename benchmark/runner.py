@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .errors import WeightsMissingError
-from .job import JobSpec, run_job
+from .job import JobSpec, load_job_dataset, run_job
 from .store import queries, reader, write_run
 from .store.writes import RunBundle
 
@@ -31,9 +31,11 @@ def done_runs(db: Path) -> set[str]:
 
 
 def run_grid(specs: list[JobSpec], db: str | Path, *, force: bool = False,
-             keep_going: bool = True) -> list[dict]:
-    """Run every spec not yet done; return one status dict per spec."""
+             keep_going: bool = True, loaded: dict | None = None) -> list[dict]:
+    """Run every spec not yet done; return one status dict per spec. Datasets are loaded once per
+    grid (`loaded`, see job.load_job_dataset; pass the caller's dict to share its loads)."""
     db = Path(db)
+    loaded = {} if loaded is None else loaded
     done = done_runs(db)
     statuses = []
     for spec in specs:
@@ -42,7 +44,7 @@ def run_grid(specs: list[JobSpec], db: str | Path, *, force: bool = False,
             statuses.append({"run_id": spec.run_id, "model": spec.model, "data": spec.data, "status": "skipped"})
             continue
         try:
-            bundle = run_job(spec)
+            bundle = run_job(spec, load_job_dataset(spec, loaded))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
