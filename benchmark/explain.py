@@ -114,16 +114,24 @@ def cam_rows(model, images: np.ndarray, masks: np.ndarray, mask_sources: list[st
              labels: np.ndarray, image_ids: list[str], classes: list[str], methods: Sequence[str],
              device: torch.device, *, split: str = "test", batch_size: int = 32,
              marker_masks: np.ndarray | None = None) -> pd.DataFrame:
-    """Rows of the `cams` table (one per image x method x target)."""
+    """Rows of the `cams` table (one per image x method x target); `images` N x H x W uint8."""
     idx, tgt, kinds = _cam_targets(preds, labels)
-    x = torch.from_numpy(images[idx])
+    x = torch.from_numpy(images[idx]).unsqueeze(1)  # uint8: each batch is scaled on the device
     targets = torch.from_numpy(tgt.astype(np.int64))
+    target_masks = masks[idx]
+    markers = marker_masks[idx] if marker_masks is not None else None
+    by_shape: dict[tuple, tuple] = {}  # (ceilings, marker region) depend on the map shape only
     frames = []
     model.eval()
     for method in applicable_methods(model, methods):
-        maps = method_maps(model, x.unsqueeze(1).float().div(255), targets, method, device, batch_size)
-        focus = lung_focus_batch(maps, masks[idx])
+        maps = method_maps(model, x, targets, method, device, batch_size)
+        focus = lung_focus_batch(maps, target_masks)
         maps16 = maps.numpy().astype(np.float16)
+        shape = maps16.shape[1:]
+        if shape not in by_shape:
+            by_shape[shape] = (lung_mass_ceiling(target_masks, shape),
+                               None if markers is None else marker_region(markers, cell=images.shape[-1] / shape[-1]))
+        ceilings, region = by_shape[shape]
         df = pd.DataFrame({
             "image_id": [image_ids[i] for i in idx], "split": split, "method": method,
             "target_class": [classes[t] for t in tgt], "target_kind": kinds,
@@ -131,9 +139,8 @@ def cam_rows(model, images: np.ndarray, masks: np.ndarray, mask_sources: list[st
             "lung_mass": [f.lung_mass for f in focus], "pointing_hit": [f.pointing_hit for f in focus],
             "lung_iou": [f.lung_iou for f in focus], "mask_source": [mask_sources[i] or None for i in idx],
         })
-        df["lung_mass_ceiling"] = lung_mass_ceiling(masks[idx], maps16.shape[1:])
-        if marker_masks is not None:
-            region = marker_region(marker_masks[idx], cell=images.shape[-1] / maps16.shape[-1])
+        df["lung_mass_ceiling"] = ceilings
+        if region is not None:
             df["marker_mass"] = [f.lung_mass for f in lung_focus_batch(maps, region)]
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -147,7 +154,7 @@ def faithfulness_rows(model, images: np.ndarray, preds: np.ndarray, patients: li
     pick = np.sort(rng.choice(len(images), size=min(sample, len(images)), replace=False))
     if len(pick) == 0:
         return pd.DataFrame()
-    x = torch.from_numpy(images[pick]).unsqueeze(1).float().div(255)
+    x = torch.from_numpy(images[pick]).unsqueeze(1).float().div(255)  # ROAD perturbs float images
     targets = torch.from_numpy(preds[pick].astype(np.int64))
     rows = []
     model.eval()
