@@ -57,5 +57,5 @@ def audit_tables(model, classes: list[str], records: list, images: np.ndarray, m
                                                        sample=opts.faithfulness_sample, seed=opts.seed)
     if opts.probes:
         tables["probes"] = probe_rows(model, images, masks, labels, patients, classes, device, seed=opts.seed,
-                                      n_boot=opts.n_boot, mask_sources=mask_sources)
+                                      n_boot=opts.n_boot, mask_sources=mask_sources, probs=probs)
     return tables

@@ -26,8 +26,11 @@ def fill_region(images: np.ndarray, region: np.ndarray) -> np.ndarray:
 
 def probe_rows(model, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, patients: list[str],
                classes: list[str], device: torch.device, *, seed: int, n_boot: int = 1000,
-               mask_sources: list[str] | None = None) -> pd.DataFrame:
-    """Rows of the `probes` table for the given test images (those with an empty mask are left out)."""
+               mask_sources: list[str] | None = None, probs: np.ndarray | None = None) -> pd.DataFrame:
+    """Rows of the `probes` table for the given test images (those with an empty mask are left out).
+
+    `probs`, the model's probabilities on these images intact (the caller has scored them
+    already), saves the "intact" forward pass."""
     has = masks.reshape(len(masks), -1).any(1)
     idx = np.flatnonzero(has)
     if len(idx) == 0:
@@ -39,8 +42,11 @@ def probe_rows(model, images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
                          "mask_sources": sorted(set(mask_sources[i] for i in idx)) if mask_sources else []})
     rows = []
     for probe, x in variants.items():
-        probs = predict_probs(model, torch.from_numpy(x), device)
-        for m in metrics_with_ci(labels[idx], probs, classes, groups, n_boot=n_boot, seed=seed):
+        if probe == "intact" and probs is not None:
+            p = probs[idx]
+        else:
+            p = predict_probs(model, torch.from_numpy(x), device)
+        for m in metrics_with_ci(labels[idx], p, classes, groups, n_boot=n_boot, seed=seed):
             if m.metric in ("accuracy", "balanced_accuracy", "macro_auc") and not m.class_name:
                 rows.append({"probe": probe, "metric": m.metric, "value": m.value, "ci_low": m.ci_low,
                              "ci_high": m.ci_high, "detail": detail})

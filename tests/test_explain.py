@@ -50,3 +50,22 @@ def test_methods_at_another_layer(caplog):
     sizes = dict(zip(rows.method, rows.height))
     assert sizes == {"gradcam": 2, "gradcam@layer3": 4}   # layer3 of resnet18 is twice as fine
     assert model.spec is spec                                  # the registry's layer is back
+
+
+def test_probes_reuse_the_callers_intact_probabilities():
+    import torch
+
+    from benchmark.models import create_model
+    from benchmark.probes import probe_rows
+    from benchmark.train import predict_probs
+
+    model = create_model("shallow", num_classes=3).eval()
+    masks = _phantom_masks(n=6, size=64)
+    images = (np.random.default_rng(1).random((6, 64, 64)) * 255).astype(np.uint8)
+    labels, patients = np.array([0, 1, 2, 0, 1, 2]), [f"p{i}" for i in range(6)]
+    kw = dict(seed=0, n_boot=20)
+    own = probe_rows(model, images, masks, labels, patients, ["a", "b", "c"], torch.device("cpu"), **kw)
+    probs = predict_probs(model, torch.from_numpy(images), torch.device("cpu"))
+    given = probe_rows(model, images, masks, labels, patients, ["a", "b", "c"], torch.device("cpu"), probs=probs, **kw)
+    assert set(own.probe) == {"intact", "lungs_removed", "lungs_only"}
+    assert np.allclose(own.value, given.value, equal_nan=True)
