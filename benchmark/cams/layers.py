@@ -19,6 +19,8 @@ import weakref
 
 import torch
 
+from benchmark.cams.engine import preserved_model_state
+from benchmark.cams.fast import resolve_device
 from benchmark.errors import BenchmarkError
 
 STRIDE_ALIAS = re.compile(r"^stride(\d+)$")
@@ -48,8 +50,7 @@ def layer_strides(model, size: int = _PROBE_SIZE) -> list[tuple[str, float]]:
     (see `_on_main_path`), called once per forward (a hook on a shared ReLU would see several
     tensors), with a 4-D output. One no-grad forward of a blank image in eval mode; the
     model's train/eval flags are restored."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = resolve_device(model)
     size = max(size, int(getattr(model.spec, "min_input_size", 0) or 0))
     modules = dict(model.net.named_modules())
     seen: list[tuple[str, float]] = []
@@ -65,16 +66,13 @@ def layer_strides(model, size: int = _PROBE_SIZE) -> list[tuple[str, float]]:
                 seen.append((name, size / output.shape[-1]))
 
         handles.append(module.register_forward_hook(hook))
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with preserved_model_state(model), torch.no_grad():
+            model.eval()
             model(torch.zeros(1, 1, size, size, device=device))
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes:
-            module.training = training
     names = [name for name, _ in seen]
     target = model.spec.cam_target_layer
     end = names.index(target) + 1 if target in names else len(seen)
