@@ -136,9 +136,25 @@ def _layer_output(outputs: list[torch.Tensor]) -> torch.Tensor:
     return act
 
 
-def _classifier_weight(model) -> torch.Tensor:
-    classifier = model.net.get_submodule(model.spec.classifier)
-    return classifier.weight.detach().float().reshape(classifier.weight.shape[0], -1)
+def classifier_layer(model) -> torch.nn.Module:
+    """The final Linear (or 1x1 conv) named by `spec.classifier`, inside `model.net`."""
+    try:
+        return model.net.get_submodule(model.spec.classifier)
+    except AttributeError as exc:
+        raise BenchmarkError(
+            f"model {model.spec.name!r}: spec.classifier {model.spec.classifier!r} is not a "
+            f"submodule of .net ({exc})"
+        ) from None
+
+
+def classifier_weight(model, channels: int) -> torch.Tensor:
+    """The final layer's weights as classes x channels, checked against the CAM layer's channels."""
+    classifier = classifier_layer(model)
+    weight = classifier.weight.detach().float().reshape(classifier.weight.shape[0], -1)
+    if weight.shape[1] != channels:
+        raise BenchmarkError(f"classifier has {weight.shape[1]} inputs but the CAM layer has "
+                             f"{channels} channels: spec.gap_head must be wrong")
+    return weight
 
 
 def _run_batched(model, images, targets, batch_size, device, amp, one_batch) -> torch.Tensor:
@@ -209,17 +225,13 @@ def class_activation_maps(model, images: torch.Tensor, targets: torch.Tensor, *,
     Valid only for GAP heads (the registry checks `spec.gap_head`); then it equals Grad-CAM up
     to the factor 1/(h*w), which min-max normalisation removes.
     """
-    weight = _classifier_weight(model)
 
     def one_batch(x, t_cpu, outputs, dev, amp):
         with torch.no_grad(), _autocast(dev, amp):
             logits = model(x)
         act = _layer_output(outputs).float()
         _check_target_range(t_cpu, logits.shape[1])
-        if weight.shape[1] != act.shape[1]:
-            raise BenchmarkError(f"classifier has {weight.shape[1]} inputs but the CAM layer has "
-                                 f"{act.shape[1]} channels: spec.gap_head must be wrong")
-        rows = weight.to(dev)[t_cpu.to(dev, non_blocking=True)]
+        rows = classifier_weight(model, act.shape[1]).to(dev)[t_cpu.to(dev, non_blocking=True)]
         return torch.einsum("nk,nkhw->nhw", rows, act)
 
     return _run_batched(model, images, targets, batch_size, device, amp, one_batch)

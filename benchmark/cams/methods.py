@@ -72,10 +72,7 @@ class CamMethod:
 
         Note: BaseCAM.__init__ calls model.eval(); the engine restores the caller's mode.
         """
-        kwargs = {}
-        if self.requires_gap_head:
-            kwargs["classifier"] = classifier_layer(model)
-        return self.cam_class(model, [model.cam_target_layer], **kwargs)
+        return self.cam_class(model, [model.cam_target_layer])
 
 
 CAM_METHODS: dict[str, CamMethod] = {}
@@ -137,34 +134,15 @@ def resolve_cam_method(name: str, model) -> CamMethod:
     return method
 
 
-def classifier_layer(model) -> torch.nn.Module:
-    """The final Linear (or 1x1 conv) named by `spec.classifier`, inside `model.net`."""
-    try:
-        return model.net.get_submodule(model.spec.classifier)
-    except AttributeError as exc:
-        raise BenchmarkError(
-            f"model {model.spec.name!r}: spec.classifier {model.spec.classifier!r} is not a "
-            f"submodule of .net ({exc})"
-        ) from None
-
-
 class ClassActivationMap(BaseCAM):
     """CAM (Zhou et al. 2016): weights = the classifier's row of the target class; GAP heads only."""
 
-    def __init__(self, model, target_layers, classifier: torch.nn.Module, reshape_transform=None):
+    def __init__(self, model, target_layers, reshape_transform=None):
         super().__init__(model, target_layers, reshape_transform, uses_gradients=False)
-        self.classifier = classifier
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> np.ndarray:
-        weight = self.classifier.weight.detach().float().reshape(self.classifier.weight.shape[0], -1)
         rows = [int(t.category) for t in targets]
-        weights = weight[rows].cpu().numpy()
-        if weights.shape[1] != activations.shape[1]:
-            raise BenchmarkError(
-                f"classifier has {weights.shape[1]} inputs but the CAM layer has "
-                f"{activations.shape[1]} channels: spec.gap_head must be wrong"
-            )
-        return weights
+        return fast_paths.classifier_weight(self.model, activations.shape[1])[rows].cpu().numpy()
 
 
 register_cam_method("cam", requires_gap_head=True, fast=fast_paths.class_activation_maps,
