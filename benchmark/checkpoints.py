@@ -22,9 +22,10 @@ SIDECAR_VERSION = 1
 DEFAULT_DIR = Path("checkpoints")
 
 
-def git_commit() -> str:
+def git_commit(short: bool = True) -> str:
+    """The repository's HEAD commit ('' outside a checkout or without git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=5)
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):

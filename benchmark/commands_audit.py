@@ -131,6 +131,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_lungs(args) -> int:
+    from .lungmasks import segmenter_row
     from .lungseg import LungTrainConfig, fit_lung_segmenter, load_segmenter, predict_lung_masks
 
     if args.lungs_command == "train":
@@ -143,11 +144,7 @@ def cmd_lungs(args) -> int:
               f"{dice:.3f}" if dice is not None else f"lung segmenter saved to {args.out}.safetensors "
               "(no cohen masks found: phantom only)")
         if args.db:
-            write_segmenter(args.db, {"checkpoint_path": f"{args.out}.safetensors", "created_at": pd.Timestamp.now(),
-                                      "image_size": args.size, "dice_heldout": dice,
-                                      "dice_heldout_source": "cohen gt-v7 (native size)" if dice is not None else None,
-                                      "n_train": report.get("n_train"), "n_heldout": report.get("n_val"),
-                                      "config_json": json.dumps(report.get("config", {}), default=str)})
+            write_segmenter(args.db, segmenter_row(args.out))  # the row runs record, from the saved sidecar
         return 0
     from PIL import Image
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..checkpoints import git_commit
 from ..errors import BenchmarkError, WeightsMissingError
 from .data import resize_float
 from .model import LungUNet
@@ -97,15 +97,6 @@ def keep_lung_components(mask: np.ndarray, *, max_components: int = 2, min_fract
     return ndimage.binary_fill_holes(np.isin(labels, keep))
 
 
-def _git_commit() -> str:
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return res.stdout.strip() if res.returncode == 0 else ""
-
-
 def _paths(path_stem: str | Path) -> tuple[Path, Path]:
     stem = Path(path_stem)
     if stem.suffix in (".safetensors", ".json"):
@@ -131,7 +122,7 @@ def save_segmenter(model: LungUNet, path_stem: str | Path = DEFAULT_SEGMENTER_ST
             "input_size": int(model.input_size),
             "in_channels": int(model.in_channels),
             "base_channels": int(model.base_channels),
-            "git_commit": (meta or {}).get("git_commit") or _git_commit(),
+            "git_commit": (meta or {}).get("git_commit") or git_commit(short=False),
             "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     sidecar.write_text(json.dumps(info, indent=2, default=str))
     log.info("saved lung segmenter to %s", weights)
