@@ -52,20 +52,25 @@ if upload is None:
     st.stop()
 
 data = upload.getvalue()
-try:
-    image = live.decode_upload(data, cfg.max_upload_bytes)
-except ImageRejected as exc:
-    st.error(f"This file cannot be used as a chest X-ray: {exc.reason}.", icon=":material/block:")
-    st.stop()
-except Exception:  # the app must stay up whatever the upload holds
-    log.exception("unexpected failure decoding an upload")
-    st.error("This file could not be read (unexpected error; details are in the server log).",
-             icon=":material/block:")
-    st.stop()
-
 digest = hashlib.sha256(data).hexdigest()
-segmenter, segmenter_note = cache.segmenter_for(cfg)
+# decoded image, lung mask and each model's result per upload, kept across reruns (an overlay
+# slider must not decode a 50 MB DICOM again)
 kept = st.session_state.setdefault("_live_results", {})
+image_key = ("image", digest)
+if image_key not in kept:
+    try:
+        kept[image_key] = live.decode_upload(data, cfg.max_upload_bytes)
+    except ImageRejected as exc:
+        st.error(f"This file cannot be used as a chest X-ray: {exc.reason}.", icon=":material/block:")
+        st.stop()
+    except Exception:  # the app must stay up whatever the upload holds
+        log.exception("unexpected failure decoding an upload")
+        st.error("This file could not be read (unexpected error; details are in the server log).",
+                 icon=":material/block:")
+        st.stop()
+image = kept[image_key]
+
+segmenter, segmenter_note = cache.segmenter_for(cfg)
 mask_key = ("mask", digest)
 if mask_key not in kept:
     try:
@@ -106,8 +111,9 @@ with right:
                 kept[key] = live.LiveCam(label=views.checkpoint_label(meta), classes=(), error=str(exc))
         results.append(kept[key])
     elapsed = time.perf_counter() - started
-    while len(kept) > MAX_KEPT_RESULTS:
-        kept.pop(next(iter(kept)))
+    # evict the oldest entries of other uploads first: this upload's image and mask stay
+    for old in [k for k in kept if digest not in k][:max(0, len(kept) - MAX_KEPT_RESULTS)]:
+        kept.pop(old)
     per_row = 3  # fixed width per model, however many are chosen
     for start in range(0, len(results), per_row):
         cols = st.columns(per_row)
