@@ -70,7 +70,7 @@ def cmd_cams(args) -> int:
     for run in runs.to_dict("records"):
         spec = spec_from_run(run)
         model, meta = load_checkpoint(run["checkpoint_path"], device=device)
-        test = [r for r in load_job_dataset(spec).records if r.split == "test"]
+        test = load_job_dataset(spec).split("test")
         opts = AuditOptions(cam_methods=methods, faithfulness_sample=args.faithfulness_sample, probes=False,
                             segmenter=args.segmenter or spec.segmenter, cache_dir=spec.cache_dir, seed=spec.seed)
         cache = DecodeCache(Path(spec.cache_dir) if spec.cache_dir else None)

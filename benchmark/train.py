@@ -106,7 +106,6 @@ def fit(model: torch.nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
     model.to(device).to(memory_format=memory_format(device))
     weights = class_weights(train_y.cpu().numpy(), n_classes).to(device)
     criterion = torch.nn.CrossEntropyLoss(weight=weights)
-    val_criterion = torch.nn.CrossEntropyLoss(weight=weights)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_x) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
@@ -129,7 +128,7 @@ def fit(model: torch.nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
             running += loss.item() * len(b)
             n += len(b)
         seen += n
-        val_loss = _epoch_loss(model, val_x, val_y, val_idx, val_criterion, device, cfg.batch_size * 2) \
+        val_loss = _epoch_loss(model, val_x, val_y, val_idx, criterion, device, cfg.batch_size * 2) \
             if len(val_x) else running / max(n, 1)
         history.append({"epoch": epoch, "train_loss": running / max(n, 1), "val_loss": val_loss})
         bar.set_postfix(train=f"{running / max(n, 1):.3f}", val=f"{val_loss:.3f}")

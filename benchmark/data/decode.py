@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from benchmark.data.imageio import read_image, read_mask, resize_image, resize_mask
+from benchmark.data.imageio import check_size, read_image, read_mask, resize_image, resize_mask
 from benchmark.data.records import ImageRecord
 from benchmark.errors import ImageRejected, UnknownNameError
 
@@ -89,7 +89,7 @@ class DecodeCache:
         Refused records are left out of ``images``/``records`` and listed in ``rejected``
         with their reason, so a run can store them in ``rejected_images`` and go on.
         """
-        _check_size(size)
+        check_size(size)
         paths = [r.path for r in records]
         outcomes = self._run(paths, size, "image", lambda p: resize_image(read_image(p), size), progress)
         kept = [i for i, o in enumerate(outcomes) if o.array is not None]
@@ -110,7 +110,7 @@ class DecodeCache:
         and ``has_mask`` False (a warning is logged for bad files): a missing mask must drop
         that image from lung measures, never stop a run.
         """
-        _check_size(size)
+        check_size(size)
         names = {f.name for f in dataclasses.fields(ImageRecord)}
         if field not in names:
             raise UnknownNameError("record field", field, sorted(n for n in names if n.endswith("_path")))
@@ -213,11 +213,6 @@ class DecodeCache:
                     os.unlink(tmp)
                 except OSError:
                     pass
-
-
-def _check_size(size: int) -> None:
-    if int(size) != size or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
 
 
 def _cache_key(resolved: Path, st: os.stat_result, size: int, kind: str) -> str:

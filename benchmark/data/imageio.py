@@ -87,7 +87,7 @@ def resize_image(img: np.ndarray, size: int) -> np.ndarray:
     stay aligned pixel for pixel. Shrinking uses area averaging (Pillow's BOX, like OpenCV's
     INTER_AREA); enlarging uses bilinear interpolation.
     """
-    _check_size_arg(size)
+    check_size(size)
     if img.ndim != 2 or img.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 image, got {img.ndim}-D {img.dtype}")
     return _resize_u8(img, (size, size))
@@ -95,7 +95,7 @@ def resize_image(img: np.ndarray, size: int) -> np.ndarray:
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Squash a bool mask to ``size`` x ``size`` with nearest neighbour (same geometry as images)."""
-    _check_size_arg(size)
+    check_size(size)
     if mask.ndim != 2:
         raise ValueError(f"expected a 2-D mask, got {mask.ndim}-D")
     return _nearest(mask.astype(bool, copy=False), (size, size))
@@ -355,7 +355,8 @@ def _dicom_colour_to_gray(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- resampling
 
 
-def _check_size_arg(size: int) -> None:
+def check_size(size: int) -> None:
+    """An output size must be a positive integer (ValueError otherwise)."""
     if int(size) != size or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
 
