@@ -41,19 +41,13 @@ def parse_cam_methods(text: str | None) -> tuple[str, ...]:
 
 
 def specs_from_args(args) -> list:
-    from .job import JobSpec
+    from .job import JobSpec, resolve_input_size
     from .models import resolve_models
 
     cam_methods = parse_cam_methods(args.cam_methods)
-    from .data.datasets import preset_input_size
-    from .models import get_spec
-
-    # resolve the input size now, so that it is part of each run's identity (rerun skipping)
-    def size(m: str) -> int:
-        return args.image_size or preset_input_size(args.data) or get_spec(m).input_size
 
     return [JobSpec(model=m, data=args.data, epochs=args.epochs, seed=args.seed, device=args.device,
-                    pretrained=args.pretrained, weights_dir=args.weights_dir, image_size=size(m),
+                    pretrained=args.pretrained, weights_dir=args.weights_dir, image_size=resolve_input_size(m, args.data, args.image_size),
                     batch_size=args.batch_size, lr=args.lr, patience=args.patience, lungs_only=args.lungs_only,
                     data_root=args.data_root, data_seed=args.data_seed, max_per_class=args.max_per_class,
                     n_phantom=args.n_phantom, cam_methods=cam_methods, checkpoint_dir=args.checkpoint_dir,

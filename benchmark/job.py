@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .checkpoints import git_commit, save_checkpoint
-from .data.datasets import Dataset, load_dataset
+from .data.datasets import Dataset, load_dataset, preset_input_size
 from .data.decode import DecodeCache
 from .device import resolve_device
 from .audit import AuditOptions, audit_tables
@@ -72,9 +72,10 @@ class JobSpec:
         return f"{name}-{hashlib.sha1(blob).hexdigest()[:10]}"
 
 
-def input_size(spec: JobSpec, dataset: Dataset) -> int:
-    """--image-size, else the dataset preset's default (phantom: 128), else the architecture's own."""
-    return spec.image_size or dataset.input_size or get_spec(spec.model).input_size
+def resolve_input_size(model: str, data: str, image_size: int | None) -> int:
+    """--image-size, else the dataset preset's default (phantom: 128), else the architecture's own.
+    The CLI resolves it before building a JobSpec, so that it is part of the run's identity."""
+    return image_size or preset_input_size(data) or get_spec(model).input_size
 
 
 def load_job_dataset(spec: JobSpec, loaded: dict | None = None) -> Dataset:
@@ -97,7 +98,7 @@ def run_job(spec: JobSpec, dataset: Dataset | None = None) -> RunBundle:
     started = dt.datetime.now()
     device = resolve_device(spec.device)
     dataset = dataset if dataset is not None else load_job_dataset(spec)
-    size = input_size(spec, dataset)
+    size = resolve_input_size(spec.model, spec.data, spec.image_size)
     cache = DecodeCache(Path(spec.cache_dir) if spec.cache_dir else None)
     decoded = cache.load(dataset.records, size, progress=spec.progress)
     records, images = decoded.records, decoded.images

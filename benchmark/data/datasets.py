@@ -36,7 +36,6 @@ class Dataset:
     classes: list[str]
     records: list[ImageRecord]
     description: str = ""
-    input_size: int | None = None  # the preset's default model input size (None: each model's own)
 
     def split(self, split: str) -> list[ImageRecord]:
         return [r for r in self.records if r.split == split]
@@ -133,8 +132,7 @@ def load_dataset(name: str, *, data_root: str | Path | None = None, data_seed: i
         r.dataset = key
     patient_split(records, seed=data_seed)
     log.info("dataset %s: %d images, classes %s", key, len(records), classes)
-    return Dataset(name=key, classes=classes, records=records, description=desc,
-                   input_size=preset_input_size(name))
+    return Dataset(name=key, classes=classes, records=records, description=desc)
 
 
 def preset_input_size(name: str) -> int | None:
