@@ -34,10 +34,12 @@ def parse_cam_methods(text: str | None) -> tuple[str, ...]:
 
     if not text or text.strip().lower() == "none":
         return ()
-    names = tuple(m.strip() for m in text.split(",") if m.strip())
-    for name in names:
-        get_cam_method(name.partition("@")[0].lower())
-    return tuple(n.partition("@")[0].lower() + n[len(n.partition("@")[0]):] for n in names)
+    parsed = []
+    for name in (m.strip() for m in text.split(",") if m.strip()):
+        base, at, layer = name.partition("@")
+        get_cam_method(base.lower())
+        parsed.append(base.lower() + at + layer)  # method names are lowercase; layer paths keep their case
+    return tuple(parsed)
 
 
 def specs_from_args(args) -> list:
