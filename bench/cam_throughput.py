@@ -10,18 +10,15 @@ difference after normalisation) and prints a markdown table for bench/RESULTS.md
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmark.cams.engine import compute_cams  # noqa: E402
-from benchmark.device import resolve_device  # noqa: E402
-from benchmark.models import create_model, get_spec  # noqa: E402
+from benchmark.cams.engine import compute_cams
+from benchmark.models import create_model, get_spec
+from benchmark.training.device import resolve_device
 
 
 def timed(fn, device) -> tuple[float, torch.Tensor]:
@@ -47,7 +44,8 @@ def main() -> None:
     cuda = device.type == "cuda"
     n = args.n or (512 if cuda else 32)
     bs = args.batch_size or (64 if cuda else 16)
-    where = torch.cuda.get_device_name(device) if cuda else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU {platform.machine()}, {threads} threads"
     print(f"device: {where}; torch {torch.__version__}; {n} images, batch {bs}, best of {args.repeats}")
     print("| model | method | fast img/s | pytorch-grad-cam img/s | speed-up | max abs diff |")
     print("|---|---|---|---|---|---|")
@@ -60,8 +58,10 @@ def main() -> None:
         for method in args.methods.split(","):
             if method == "cam" and not spec.gap_head:
                 continue
-            run_fast = lambda: compute_cams(model, x, targets, method, batch_size=bs, device=device, fast=True)
-            run_ref = lambda: compute_cams(model, x, targets, method, batch_size=bs, device=device, fast=False)
+            run_fast = functools.partial(compute_cams, model, x, targets, method, batch_size=bs, device=device,
+                                         fast=True)
+            run_ref = functools.partial(compute_cams, model, x, targets, method, batch_size=bs, device=device,
+                                        fast=False)
             timed(run_fast, device)  # warm-up (cudnn autotune, allocator)
             t_fast = min(timed(run_fast, device)[0] for _ in range(args.repeats))
             timed(run_ref, device)

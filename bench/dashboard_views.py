@@ -1,7 +1,7 @@
 """Dashboard timings: server time per view on a 100k-CAM-row DB, and one live CAM with resnet18 on CPU.
 
-    python bench/dashboard_views.py                 # 2 datasets x 10 models x 2 methods x 2500 images
-    python bench/dashboard_views.py --n-test 250    # a quick run (10k CAM rows)
+    python -m bench.dashboard_views                 # 2 datasets x 10 models x 2 methods x 2500 images
+    python -m bench.dashboard_views --n-test 250    # a quick run (10k CAM rows)
 
 Server time per view is the wall time of one script run of the page in streamlit's AppTest (the
 same code path as a browser session, minus the network and the browser's drawing): "cold" with
@@ -21,14 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from fixtures_db import (MODEL_BEHAVIOUR, FakeResultsSpec, build_results_db, make_checkpoint,  # noqa: E402
-                         open_page, xray_image)
+from benchmark import paths
+from tests.fixtures_db import MODEL_BEHAVIOUR, FakeResultsSpec, build_results_db, make_checkpoint, open_page, xray_image
 
 
 def _time_view(page: str | None, interact=None, repeats: int = 3) -> dict:
@@ -87,13 +84,13 @@ def bench_views(folder: Path, n_test: int) -> dict:
 
 
 def bench_live(folder: Path, repeats: int = 10) -> dict:
-    from benchmark.checkpoints import load_checkpoint
     from benchmark.lungseg import LungUNet, predict_lung_mask
+    from benchmark.training.checkpoints import load_checkpoint
     from dashboard import live
 
     ckpt = make_checkpoint(folder / "ckpt", architecture="resnet18", input_size=224)
     model, meta = load_checkpoint(ckpt)
-    cxr = Path(os.environ.get("CXR_DATA", REPO.parent / "shared" / "data" / "cxr"))
+    cxr = paths.data_root() or Path("../shared/data/cxr")
     real = sorted((cxr / "cohen" / "images").glob("*.jpg"))[:1]
     if real:
         data, source = real[0].read_bytes(), str(real[0].name)

@@ -5,11 +5,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmark.store import queries, reader  # noqa: E402
+from benchmark.store import queries, reader
 
 
 def main(db: str) -> None:

@@ -1,6 +1,6 @@
 """Training throughput (images/s) per roster model on the current device.
 
-Times the project's own training step (benchmark.train.train_step: on-device augmentation,
+Times the project's own training step (benchmark.training.fit.train_step: on-device augmentation,
 bf16 autocast + channels_last on CUDA, fp32 on CPU) on synthetic uint8 batches at each model's
 input size, after warm-up. Prints a markdown table for bench/RESULTS.md.
 
@@ -12,17 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmark.device import memory_format, resolve_device
 from benchmark.models import create_model, get_spec, resolve_models
-from benchmark.train import train_step
+from benchmark.training.device import memory_format, resolve_device
+from benchmark.training.fit import train_step
 
 
 def measure(name: str, device: torch.device, batch: int, steps: int, warmup: int, size: int | None) -> dict:
@@ -68,7 +64,8 @@ def main() -> None:
     batch = args.batch_size or (128 if cuda else 16)
     steps = args.steps or (20 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
-    where = torch.cuda.get_device_name(device) if cuda else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    cpu = platform.processor() or platform.machine()
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU {cpu}, {torch.get_num_threads()} threads"
     print(f"device: {where}; torch {torch.__version__}; batch {batch}; {steps} timed steps")
     print("| model | input | images/s |" + (" peak GiB |" if cuda else ""))
     print("|---|---|---|" + ("---|" if cuda else ""))

@@ -1,6 +1,7 @@
+"""`python -m benchmark`: the same as the `cxr-audit` console script."""
 import sys
 
-from .cli import main
+from benchmark.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,9 @@
 """`python -m dashboard --db PATH [--port N]`: serve the dashboard and print its URL.
 
 A thin launcher around `streamlit run dashboard/app.py -- --db PATH`: it resolves paths against
-the caller's directory, then replaces itself with streamlit running in the repository root (so
-.streamlit/config.toml applies), passing the upload limit explicitly. A missing database is
+the caller's directory, then replaces itself with streamlit running in the folder that holds the
+package (in a source checkout the repository root, so .streamlit/config.toml applies), passing
+the upload limit explicitly. A missing database is
 reported at once; the app then says how to make one.
 """
 from __future__ import annotations
@@ -13,15 +14,16 @@ import os
 import sys
 from pathlib import Path
 
-from .settings import DEFAULT_CHECKPOINTS, DEFAULT_DB, ENV_CHECKPOINTS, ENV_DB, MAX_UPLOAD_MB, argument_parser
+from benchmark import paths
+from dashboard.settings import MAX_UPLOAD_MB, argument_parser
 
 log = logging.getLogger("dashboard")
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "dashboard" / "app.py"
+APP = Path(__file__).resolve().with_name("app.py")
+SERVE_FROM = APP.parents[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dashboard", parents=[argument_parser()],
+    parser = argparse.ArgumentParser(prog="cxr-audit-dashboard", parents=[argument_parser()],
                                      description="Serve the shortcut-audit dashboard over a results database.")
     parser.add_argument("--port", type=int, default=8501, help="port to listen on (default 8501)")
     parser.add_argument("--address", default="localhost",
@@ -31,12 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def streamlit_command(args: argparse.Namespace) -> list[str]:
     """The `streamlit run` command line this launcher executes (tested without starting it)."""
-    db = Path(args.db or os.environ.get(ENV_DB) or DEFAULT_DB).resolve()
+    db = paths.results_db(args.db).resolve()
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP),
            "--server.port", str(args.port), "--server.address", args.address,
            "--server.headless", "true", "--server.maxUploadSize", str(MAX_UPLOAD_MB),
            "--browser.gatherUsageStats", "false", "--", "--db", str(db)]
-    checkpoints = args.checkpoints or os.environ.get(ENV_CHECKPOINTS) or DEFAULT_CHECKPOINTS
+    checkpoints = paths.checkpoints_dir(args.checkpoints)
     cmd += ["--checkpoints", str(Path(checkpoints).resolve())]  # relative to the caller, not the repo
     if args.segmenter:
         cmd += ["--segmenter", str(Path(args.segmenter).resolve())]
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("no results database at %s yet: the dashboard will say how to make one "
                     "(python -m benchmark run --db %s)", db, db)
     print(f"Dashboard: http://{args.address}:{args.port}  (results: {db}; Ctrl+C stops it)", flush=True)
-    os.chdir(REPO)
+    os.chdir(SERVE_FROM)
     # exec, not a child process: Ctrl+C, SIGTERM and exit codes reach streamlit itself, and no
     # orphaned server is left behind when whoever started us stops us.
     os.execv(sys.executable, cmd)

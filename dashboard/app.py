@@ -2,19 +2,12 @@
 
     streamlit run dashboard/app.py -- --db results.duckdb [--checkpoints DIR] [--segmenter STEM]
 
-Streamlit puts this file's folder, not the repository, on sys.path; the one path insertion
-below lets pages import `dashboard` and `benchmark` however the server was started.
+Pages import `dashboard` and `benchmark` as the installed package (`pip install -e .`, which
+requirements.txt does), whatever folder streamlit was started in.
 """
-import sys
-from pathlib import Path
+import streamlit as st
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import streamlit as st  # noqa: E402
-
-from dashboard import common  # noqa: E402
+from dashboard import common
 
 st.set_page_config(page_title="CXR shortcut audit", page_icon=":material/radiology:", layout="wide")
 

@@ -2,7 +2,7 @@
 
 Why no long-lived DB connection in st.cache_resource: DuckDB lets one process write, and a
 read-only connection held by this server would block every benchmark run from writing its
-results (measured, see DESIGN.md). So the cached *resource* is the database handle's state (the
+results (measured, see docs/ARCHITECTURE.md). So the cached *resource* is the database handle's state (the
 last good result of every query), and each query opens a read-only connection for the moment
 it runs. Query results go through st.cache_data keyed by the DB file's modification stamp: a
 finished run shows at once, an unchanged DB is never re-read within the TTL, and while a writer
@@ -20,9 +20,8 @@ import streamlit as st
 
 from benchmark.store import queries, reader
 from benchmark.store.connection import is_lock_error
-
-from . import images
-from .settings import DashboardSettings, resolve_settings
+from dashboard import images
+from dashboard.settings import DashboardSettings, resolve_settings
 
 log = logging.getLogger(__name__)
 
@@ -135,19 +134,19 @@ def display_mask(mask_path: str | None, shape: tuple[int, int]):
 @st.cache_resource(max_entries=16, show_spinner=False)
 def load_model(path: str, mtime_ns: int):
     """(model in eval mode on CPU, sidecar); keyed by mtime so a retrained checkpoint reloads."""
-    from benchmark.checkpoints import load_checkpoint
+    from benchmark.training.checkpoints import load_checkpoint
 
     return load_checkpoint(path, device="cpu")
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
-def load_segmenter(stem: str | None, mtime_ns: int):
+def load_segmenter(stem: str, mtime_ns: int):
     """(segmenter or None, message) -- None with the reason when no usable checkpoint exists."""
     from benchmark.errors import BenchmarkError, WeightsMissingError
-    from benchmark.lungseg import DEFAULT_SEGMENTER_STEM, load_segmenter as load
+    from benchmark.lungseg import load_segmenter as load
 
     try:
-        model, _meta = load(stem or DEFAULT_SEGMENTER_STEM)
+        model, _meta = load(stem)
         return model, ""
     except WeightsMissingError:
         return None, ("No lung segmenter checkpoint found, so CAMs are shown without lung_mass. "
@@ -158,9 +157,7 @@ def load_segmenter(stem: str | None, mtime_ns: int):
 
 
 def segmenter_for(cfg: DashboardSettings):
-    from benchmark.lungseg import DEFAULT_SEGMENTER_STEM
-
-    stem = Path(cfg.segmenter_stem or DEFAULT_SEGMENTER_STEM)
+    stem = cfg.segmenter
     weights = stem.with_suffix(".safetensors")
     mtime = weights.stat().st_mtime_ns if weights.exists() else 0
     return load_segmenter(str(stem), mtime)

@@ -6,8 +6,8 @@ import logging
 import duckdb
 import streamlit as st
 
-from . import cache
-from .render import COLORMAPS
+from dashboard import cache
+from dashboard.render import COLORMAPS
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmark import paths
 from benchmark.data.imageio import read_image, read_mask
 from benchmark.errors import ImageRejected
 
@@ -25,7 +26,7 @@ def resolve_image_path(path: str | None, key: str | None = None, source: str | N
     """The stored path if it exists, else `<data_root or $CXR_DATA>/<source>/<key>`, else None."""
     if path and Path(path).is_file():
         return Path(path)
-    root = data_root or os.environ.get("CXR_DATA")
+    root = paths.data_root(data_root)
     if root and key and source and isinstance(key, str) and isinstance(source, str):
         candidate = Path(root) / source / key
         if candidate.is_file():

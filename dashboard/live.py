@@ -15,8 +15,7 @@ import numpy as np
 
 from benchmark.data.imageio import read_image, resize_image
 from benchmark.errors import BenchmarkError, ImageRejected
-
-from .images import fit_within
+from dashboard.images import fit_within
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +69,8 @@ def explain(model, meta: dict, image: np.ndarray, method: str, lung_mask: np.nda
     """
     import torch
 
+    from benchmark.audit.cam_rows import method_maps
     from benchmark.cams.lungfocus import lung_focus
-    from benchmark.explain import method_maps
 
     classes = tuple(str(c) for c in meta.get("classes", []))
     start = time.perf_counter()

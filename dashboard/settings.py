@@ -9,17 +9,19 @@ first command and this dashboard meet without any option.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ENV_DB = "CXR_RESULTS_DB"
-ENV_CHECKPOINTS = "CXR_CHECKPOINTS"
-ENV_SEGMENTER = "CXR_LUNG_SEGMENTER"
-ENV_LOCK_WAIT = "CXR_DB_LOCK_WAIT_S"  # seconds a page waits for a benchmark writer
-DEFAULT_DB = "results.duckdb"
-DEFAULT_CHECKPOINTS = "checkpoints"
+from benchmark import paths
+from benchmark.paths import (
+    DEFAULT_CHECKPOINTS,
+    DEFAULT_RESULTS_DB,
+    ENV_CHECKPOINTS,
+    ENV_LOCK_WAIT,
+    ENV_RESULTS_DB,
+    ENV_SEGMENTER,
+)
 
 #: Uploads above this are refused in code; .streamlit/config.toml sets server.maxUploadSize to
 #: the same number so the browser refuses them first. A chest X-ray DICOM is 5-30 MB.
@@ -36,7 +38,7 @@ class DashboardSettings:
 
     db_path: Path
     checkpoints_dir: Path
-    segmenter_stem: Path | None = None  # None: the project's default checkpoints/lungseg/lung_unet
+    segmenter_stem: Path | None = None  # None: <checkpoints_dir>/lungseg/lung_unet (see `segmenter`)
     max_upload_mb: int = MAX_UPLOAD_MB
     lock_wait_s: float = 3.0
 
@@ -45,13 +47,18 @@ class DashboardSettings:
             raise ValueError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
 
     @property
+    def segmenter(self) -> Path:
+        """The segmenter stem in use: the one given, else <checkpoints>/lungseg/lung_unet."""
+        return self.segmenter_stem or self.checkpoints_dir / paths.SEGMENTER_SUBPATH
+
+    @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
 
 
 def argument_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    p.add_argument("--db", default=None, help=f"results database (default ${ENV_DB} or {DEFAULT_DB})")
+    p.add_argument("--db", default=None, help=f"results database (default ${ENV_RESULTS_DB} or {DEFAULT_RESULTS_DB})")
     p.add_argument("--checkpoints", default=None,
                    help=f"checkpoint folder for live CAMs (default ${ENV_CHECKPOINTS} or {DEFAULT_CHECKPOINTS})")
     p.add_argument("--segmenter", default=None,
@@ -61,12 +68,11 @@ def argument_parser() -> argparse.ArgumentParser:
 
 def resolve_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> DashboardSettings:
     """Settings from script arguments (unknown ones ignored: streamlit and pytest add their own)."""
-    environ = os.environ if environ is None else environ
     args, _ = argument_parser().parse_known_args(list(argv or []))
-    segmenter = args.segmenter or environ.get(ENV_SEGMENTER)
+    segmenter = paths.setting(args.segmenter, ENV_SEGMENTER, environ)
     return DashboardSettings(
-        db_path=Path(args.db or environ.get(ENV_DB) or DEFAULT_DB),
-        checkpoints_dir=Path(args.checkpoints or environ.get(ENV_CHECKPOINTS) or DEFAULT_CHECKPOINTS),
+        db_path=paths.results_db(args.db, environ),
+        checkpoints_dir=paths.checkpoints_dir(args.checkpoints, environ),
         segmenter_stem=Path(segmenter) if segmenter else None,
-        lock_wait_s=float(environ.get(ENV_LOCK_WAIT) or DashboardSettings.lock_wait_s),
+        lock_wait_s=float(paths.setting(None, ENV_LOCK_WAIT, environ) or DashboardSettings.lock_wait_s),
     )

@@ -30,6 +30,18 @@ def bad_inputs() -> Path:
     return BAD_INPUTS
 
 
+# One architecture per head family, cheap on a CPU: the fast tier tests these; every other
+# registered model runs in the slow tier (zoo_params).
+LIGHT_MODELS = ("shallow", "resnet18", "alexnet", "squeezenet1_1", "mobilenet_v2", "shufflenet_v2_x1_0")
+
+
+def zoo_params(names=None) -> list:
+    """pytest params over the model registry (or `names`), the heavy ones marked slow."""
+    from benchmark.models import list_models
+    return [pytest.param(n, marks=() if n in LIGHT_MODELS else pytest.mark.slow)
+            for n in (list_models() if names is None else names)]
+
+
 def write_png(path: Path, seed: int, size: int = 48) -> Path:
     """A small grayscale PNG with some structure (fixtures for layout tests)."""
     rng = np.random.default_rng(seed)

@@ -1,6 +1,6 @@
 """A realistic results.duckdb for dashboard tests and the dashboard benchmark, built with the store API.
 
-Not a conftest: tests import it (`from fixtures_db import build_results_db`) and
+Not a conftest: tests import it (`from tests.fixtures_db import build_results_db`) and
 bench/dashboard_views.py imports it to build a 100k-CAM-row database. The numbers are invented
 but shaped like a real audit: "shortcut" models reach high accuracy with CAMs on a corner
 marker (low lung_mass) and keep their accuracy when the lungs are removed; "lung" models are
@@ -21,6 +21,7 @@ from PIL import Image
 
 from benchmark.store import write_run
 from benchmark.store.writes import RunBundle
+from tests.conftest import REPO
 
 #: model -> (test accuracy it aims at, looks at the lungs?)
 MODEL_BEHAVIOUR = {
@@ -243,8 +244,8 @@ def make_checkpoint(folder: str | Path, *, architecture: str = "shallow", classe
     """An untrained classifier saved as a real checkpoint (safetensors + sidecar) under folder."""
     import torch
 
-    from benchmark.checkpoints import save_checkpoint
     from benchmark.models import create_model
+    from benchmark.training.checkpoints import save_checkpoint
 
     torch.manual_seed(seed)
     model = create_model(architecture, num_classes=len(classes))
@@ -265,7 +266,6 @@ def make_segmenter(stem: str | Path, *, input_size: int = 64, seed: int = 0) -> 
     return weights
 
 
-REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmark.audit.cam_rows import explained_at, method_maps
 from benchmark.cams.layers import layer_at_stride, layer_strides, resolve_layer, stride_of
 from benchmark.errors import BenchmarkError
-from benchmark.explain import explained_at, method_maps
 from benchmark.models import create_model
-from benchmark.models.zoo import PAPER_MODELS
+from tests.conftest import zoo_params
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_explained_at_an_alias_restores_the_spec_and_gives_stride16_maps(resnet1
     assert resnet18.spec is spec
 
 
-@pytest.mark.parametrize("name", [*PAPER_MODELS, "shallow"])
+@pytest.mark.parametrize("name", zoo_params())
 def test_every_zoo_model_has_a_stride16_layer(name):
     model = create_model(name, num_classes=2)
     layer = layer_at_stride(model, 16)

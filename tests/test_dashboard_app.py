@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fixtures_db import FakeResultsSpec, build_results_db, open_page
 
 from dashboard import __main__ as launcher
 from dashboard.settings import DashboardSettings, resolve_settings
+from tests.fixtures_db import FakeResultsSpec, build_results_db, open_page
 
 
 def test_flags_win_over_environment_and_defaults():

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _free_port() -> int:
@@ -190,16 +191,17 @@ def test_every_page_renders_and_live_cam_shows_overlays(server, browser, tmp_pat
 @pytest.fixture(scope="module")
 def cxr_data_file(tmp_path_factory) -> Path:
     """A real X-ray from $CXR_DATA, else one of the hostile-but-valid files, else a drawn phantom."""
-    from conftest import BAD_INPUTS, CXR_DATA
+    from tests.conftest import BAD_INPUTS, CXR_DATA
 
     real = sorted((CXR_DATA / "cohen" / "images").glob("*.jpg"))[:1]
     if real:
         return real[0]
     if (BAD_INPUTS / "dx-monochrome2-windowed.dcm").is_file():
         return BAD_INPUTS / "dx-monochrome2-windowed.dcm"
-    from fixtures_db import xray_image
     import numpy as np
     from PIL import Image
+
+    from tests.fixtures_db import xray_image
 
     path = tmp_path_factory.mktemp("upload") / "phantom.png"
     Image.fromarray(xray_image(256, np.random.default_rng(0), marker=True)).save(path)

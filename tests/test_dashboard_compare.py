@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures_db import build_results_db, open_page, texts
 
 from benchmark.store import queries, reader
 from dashboard import render
+from tests.fixtures_db import build_results_db, open_page, texts
 
 PAGE = "pages/compare.py"
 

@@ -7,10 +7,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from fixtures_db import FakeResultsSpec, build_results_db, lung_mask, open_page, texts
 
 from benchmark.store import queries, reader
 from dashboard import images, views
+from tests.fixtures_db import FakeResultsSpec, build_results_db, lung_mask, open_page, texts
 
 PAGE = None  # the leaderboard is the default page
 
@@ -157,7 +157,7 @@ def test_views_leaderboard_mean_over_classes_has_no_ci(results_db):
 
 
 def test_queries_external_metrics_split_becomes_a_probe_row(tmp_path):
-    """External validation stored as a metrics split (DESIGN.md) shows like a probe."""
+    """External validation stored as a metrics split (docs/ARCHITECTURE.md) shows like a probe."""
     import pandas as pd
 
     from benchmark.store import write_run

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_db import build_results_db, make_checkpoint, make_segmenter, open_page, texts
 
 from benchmark.cams.lungfocus import lung_focus
-from benchmark.checkpoints import load_checkpoint
 from benchmark.errors import ImageRejected
+from benchmark.training.checkpoints import load_checkpoint
 from dashboard import live, settings
+from tests.conftest import REPO
+from tests.fixtures_db import build_results_db, make_checkpoint, make_segmenter, open_page, texts
 
 PAGE = "pages/live_cam.py"
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

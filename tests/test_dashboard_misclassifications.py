@@ -6,10 +6,10 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_db import FakeResultsSpec, build_results_db, open_page, texts
 
 from benchmark.store import queries, reader
 from dashboard import views
+from tests.fixtures_db import FakeResultsSpec, build_results_db, open_page, texts
 
 PAGE = "pages/misclassifications.py"
 

@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 
 from benchmark.data import decode as decode_mod
-from benchmark.data.decode import CACHE_VERSION, DecodeCache, default_cache_dir
+from benchmark.data.decode import CACHE_VERSION, DecodeCache
 from benchmark.data.imageio import read_image, read_mask, resize_image, resize_mask
 from benchmark.data.records import ImageRecord
 from benchmark.errors import UnknownNameError
+from benchmark.paths import cache_dir as default_cache_dir
+from tests.conftest import BAD_INPUTS as BAD
+from tests.conftest import CXR_DATA as CXR
 
-REPO = Path(__file__).resolve().parents[1]
-BAD = Path(os.environ.get("BAD_INPUTS", REPO.parent / "shared" / "data" / "bad-inputs"))
-CXR = Path(os.environ.get("CXR_DATA", REPO.parent / "shared" / "data" / "cxr"))
 needs_data = pytest.mark.skipif(
     not (BAD.is_dir() and (CXR / "cohen" / "manifest.csv").is_file()),
     reason=f"data pack ({CXR}) or bad inputs ({BAD}) not found",

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from benchmark.audit.cam_rows import lung_mass_ceiling, marker_region
 from benchmark.cams.lungfocus import lung_focus_batch, uniform_baseline
 from benchmark.data.phantom import generate_image, phantom_config
-from benchmark.explain import lung_mass_ceiling, marker_region
 
 
 def _phantom_masks(n=6, size=128):
@@ -35,7 +35,7 @@ def test_marker_region_grows_by_one_cell_and_stays_off_an_empty_mask():
 
 
 def test_methods_at_another_layer(caplog):
-    from benchmark.explain import applicable_methods, cam_rows
+    from benchmark.audit.cam_rows import applicable_methods, cam_rows
     from benchmark.models import create_model
 
     model = create_model("resnet18", num_classes=3).eval()
@@ -55,9 +55,9 @@ def test_methods_at_another_layer(caplog):
 def test_probes_reuse_the_callers_intact_probabilities():
     import torch
 
+    from benchmark.audit.probes import probe_rows
     from benchmark.models import create_model
-    from benchmark.probes import probe_rows
-    from benchmark.train import predict_probs
+    from benchmark.training.fit import predict_probs
 
     model = create_model("shallow", num_classes=3).eval()
     masks = _phantom_masks(n=6, size=64)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -20,10 +19,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from benchmark.data.imageio import read_image, read_mask, resize_image, resize_mask
 from benchmark.errors import ImageRejected
+from tests.conftest import BAD_INPUTS as BAD
+from tests.conftest import CXR_DATA as CXR
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-BAD = Path(os.environ.get("BAD_INPUTS", REPO.parent / "shared" / "data" / "bad-inputs"))
-CXR = Path(os.environ.get("CXR_DATA", REPO.parent / "shared" / "data" / "cxr"))
 BAD_FILES = sorted(p.name for p in BAD.iterdir() if p.is_file() and p.name != "README.md") if BAD.is_dir() else []
 needs_bad = pytest.mark.skipif(not BAD.is_dir(), reason=f"bad-inputs folder not found at {BAD}")
 needs_cxr = pytest.mark.skipif(not (CXR / "cohen" / "manifest.csv").is_file(), reason=f"data pack not at {CXR}")

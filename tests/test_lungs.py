@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -12,14 +11,24 @@ import pytest
 import torch
 
 from benchmark.errors import BenchmarkError, WeightsMissingError
-from benchmark.lungs import (LungUNet, build_training_set, count_parameters, dice, dice_per_image,
-                             keep_lung_components, load_segmenter, phantom_samples, predict_lung_mask,
-                             predict_lung_masks, save_segmenter, split_cohen_patients, train_lung_segmenter)
+from benchmark.lungseg import (
+    LungUNet,
+    build_training_set,
+    count_parameters,
+    dice,
+    dice_per_image,
+    keep_lung_components,
+    load_segmenter,
+    phantom_samples,
+    predict_lung_mask,
+    predict_lung_masks,
+    save_segmenter,
+    split_cohen_patients,
+    train_lung_segmenter,
+)
 from benchmark.lungseg.train import augment_batch
+from tests.conftest import BAD_INPUTS, CXR_DATA
 
-REPO = Path(__file__).resolve().parents[1]
-CXR_DATA = Path(os.environ.get("CXR_DATA", REPO.parent / "shared" / "data" / "cxr"))
-BAD_INPUTS = Path(os.environ.get("BAD_INPUTS", REPO.parent / "shared" / "data" / "bad-inputs"))
 SIZE = 64
 
 
@@ -105,6 +114,7 @@ def test_dice_per_image_averages_images_not_pixels():
 
 # --- training -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_training_on_phantoms_beats_untrained_net(phantom_data, trained):
     _, _, val_x, val_m, _ = phantom_data
     model, report = trained
@@ -120,6 +130,7 @@ def test_training_on_phantoms_beats_untrained_net(phantom_data, trained):
     assert report["best_val_dice"] == max(h["val_dice"] for h in report["history"])
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_and_leaves_global_rng_alone(phantom_data):
     train_x, train_m, val_x, val_m, _ = phantom_data
     kwargs = dict(val_images=val_x[:4], val_masks=val_m[:4], epochs=1, batch_size=8, seed=3)
@@ -133,6 +144,7 @@ def test_training_is_reproducible_and_leaves_global_rng_alone(phantom_data):
     assert r1["history"][0]["loss"] == r2["history"][0]["loss"]
 
 
+@pytest.mark.slow
 def test_report_gives_dice_per_val_group(phantom_data):
     train_x, train_m, val_x, val_m, _ = phantom_data
     groups = ["cohen"] * 4 + ["phantom"] * 4
@@ -161,6 +173,7 @@ def test_augmentation_keeps_masks_binary_and_is_seeded():
 
 # --- checkpoints ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_save_load_roundtrip_identical_and_never_unpickles(trained, phantom_data, tmp_path, monkeypatch):
     model, report = trained
     _, _, val_x, _, _ = phantom_data
@@ -194,6 +207,7 @@ def test_load_missing_or_corrupt_checkpoint_raises_specific_errors(tmp_path):
 
 # --- prediction on odd inputs ---------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", [0, 255, 128])
 def test_predict_on_constant_images_returns_bool_masks(trained, value):
     model, _ = trained
@@ -209,6 +223,7 @@ def test_predict_restores_training_mode_and_handles_empty_batch():
     assert model.training
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["all-black.png", "all-white.png"])
 def test_predict_on_bad_input_constant_files(trained, name):
     path = BAD_INPUTS / name

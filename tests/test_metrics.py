@@ -5,11 +5,23 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
-from benchmark.metrics import (MetricRow, bootstrap_mean_ci, metrics_with_ci, point_metrics,
-                               weighted_auc, weighted_metrics)
+from benchmark.training.metrics import (
+    MetricRow,
+    bootstrap_mean_ci,
+    metrics_with_ci,
+    point_metrics,
+    weighted_auc,
+    weighted_metrics,
+)
 
 
 def _fake_predictions(n: int, n_classes: int, seed: int, signal: float = 1.0):

@@ -21,6 +21,7 @@ from benchmark.models import (
     resolve_models,
 )
 from benchmark.models.weights import remap_densenet_keys
+from tests.conftest import zoo_params
 
 PAPER = ["alexnet", "vgg16", "vgg19", "googlenet", "resnet18", "resnet50", "resnet101", "inception_v3",
          "inception_resnet_v2", "densenet201", "xception", "mobilenet_v2", "squeezenet1_1", "shufflenet_v2_x1_0"]
@@ -116,7 +117,7 @@ def test_register_model_rejects_duplicates_and_bad_specs():
 # ------------------------------------------------------------------ every net trains
 
 
-@pytest.mark.parametrize("name", ROSTERS["paper"])
+@pytest.mark.parametrize("name", zoo_params())
 def test_builds_and_takes_one_training_step(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3)
@@ -144,7 +145,7 @@ def test_builds_and_takes_one_training_step(name):
     assert model.classifier_layer.weight.shape[0] == 3
 
 
-@pytest.mark.parametrize("name", [n for n in ROSTERS["paper"] if get_spec(n).gap_head])
+@pytest.mark.parametrize("name", zoo_params([n for n in list_models() if get_spec(n).gap_head]))
 def test_gap_heads_are_exactly_linear_of_the_pooled_cam_layer(name):
     """What makes the original CAM method exact; also guards DenseNet's moved ReLU."""
     torch.manual_seed(1)

@@ -12,8 +12,15 @@ from PIL import Image
 
 from benchmark.data import phantom
 from benchmark.data.phantom import (
-    PHANTOM_PRESETS, PhantomConfig, PhantomConfigError, contact_sheet, generate_image,
-    iter_phantom, materialize, phantom_config)
+    PhantomConfig,
+    PhantomConfigError,
+    contact_sheet,
+    generate_image,
+    iter_phantom,
+    materialize,
+    phantom_config,
+    phantom_presets,
+)
 from benchmark.errors import UnknownNameError
 
 SMALL = 64
@@ -195,10 +202,10 @@ def test_lung_intensity_tells_the_class_only_when_the_lung_signal_is_on():
 def test_clean_preset_has_no_marker_and_presets_match_their_names():
     assert not any(i.has_marker for i in iter_phantom(phantom_config("phantom-clean",
                                                                       n_images=30, size=32)))
-    assert PHANTOM_PRESETS["phantom"].p_marker == 0.9 and PHANTOM_PRESETS["phantom"].lung_signal
-    assert PHANTOM_PRESETS["phantom-clean"].p_marker == 0.0
+    assert phantom_presets()["phantom"].p_marker == 0.9 and phantom_presets()["phantom"].lung_signal
+    assert phantom_presets()["phantom-clean"].p_marker == 0.0
     assert phantom_config("phantom", seed=4).seed == 4
-    assert PHANTOM_PRESETS["phantom"].seed == 0  # presets are not mutated by overrides
+    assert phantom_presets()["phantom"].seed == 0  # presets are not mutated by overrides
 
 
 @pytest.mark.parametrize("kwargs", [

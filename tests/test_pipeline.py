@@ -3,6 +3,7 @@ a killed run leaves nothing and a rerun completes it."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -12,11 +13,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
+import pytest
 
 from benchmark.cli import main
+from benchmark.config import DataConfig, TrainConfig
+from benchmark.pipeline.spec import JobSpec
 from benchmark.store import queries, reader
-from conftest import REPO, write_png
+from tests.conftest import REPO, write_png
 
 SMALL = ["--epochs", "1", "--image-size", "64", "--device", "cpu", "--no-progress", "--n-phantom", "45"]
 
@@ -27,7 +30,8 @@ def _tables(db, run_id):
                 for t in ("runs", "predictions", "metrics")}
 
 
-def test_phantom_run_writes_everything(tmp_path, cache_env, capsys):
+@pytest.mark.slow
+def test_phantom_run_writes_everything(tmp_path, cache_env, capsys, caplog):
     db = tmp_path / "r.duckdb"
     rc = main(["run", "--data", "phantom", "--models", "shallow,resnet18", "--db", str(db),
                "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL])
@@ -56,14 +60,19 @@ def test_phantom_run_writes_everything(tmp_path, cache_env, capsys):
     meta = json.loads(sidecars[0].read_text())
     assert {"architecture", "classes", "input_size", "normalization", "dataset", "metrics", "git_commit"} <= set(meta)
     assert sidecars[0].with_suffix(".safetensors").is_file()
-    # rerun skips what is done
-    assert main(["run", "--data", "phantom", "--models", "shallow", "--db", str(db),
-                 "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL]) == 0
-    assert "skipped" not in capsys.readouterr().err or True
+    # rerun skips what is done: the stored run is not redone (same finish time) and the log says so
     with reader(db) as con:
-        assert len(queries.runs(con)) == 2
+        before = queries.runs(con).set_index("run_id").finished_at
+    with caplog.at_level(logging.INFO, logger="benchmark.pipeline.grid"):
+        assert main(["run", "--data", "phantom", "--models", "shallow", "--db", str(db),
+                     "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL]) == 0
+    assert "already done, skipped" in caplog.text
+    with reader(db) as con:
+        after = queries.runs(con).set_index("run_id").finished_at
+    assert len(after) == 2 and after.sort_index().equals(before.sort_index())
 
 
+@pytest.mark.slow
 def test_corrupt_file_rejected_and_run_completes(tmp_path, cache_env, bad_inputs):
     data = tmp_path / "folder"
     for cls in ("covid", "normal"):
@@ -83,6 +92,7 @@ def test_corrupt_file_rejected_and_run_completes(tmp_path, cache_env, bad_inputs
         assert len(queries.images(con)) == 24
 
 
+@pytest.mark.slow
 def test_real_xrays_cohen_kermany(tmp_path, cache_env, cxr_root):
     db = tmp_path / "r.duckdb"
     rc = main(["run", "--data", "cohen-kermany", "--data-root", str(cxr_root), "--models", "shallow",
@@ -108,6 +118,7 @@ def test_pretrained_without_weights_stops_with_file_name(tmp_path, cache_env, mo
         assert con.execute("SELECT count(*) FROM predictions").fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_rows_and_rerun_completes(tmp_path, cache_env):
     """Kill the CLI while the second model trains: the first run is stored whole, the second not at all."""
     db = tmp_path / "r.duckdb"
@@ -132,10 +143,8 @@ def test_killed_run_leaves_no_rows_and_rerun_completes(tmp_path, cache_env):
     with reader(db) as con:
         runs = queries.runs(con)
     assert runs.model.tolist() == ["shallow"] and runs.status.tolist() == ["done"]
-    killed_id = None
-    from benchmark.job import JobSpec
-    killed_id = JobSpec(model="resnet18", data="phantom", epochs=30, patience=30, image_size=64,
-                        n_phantom=45).run_id
+    killed_id = JobSpec(model="resnet18", data=DataConfig(image_size=64, n_phantom=45),
+                        train=TrainConfig(epochs=30, patience=30)).run_id
     assert _tables(db, killed_id) == {"runs": 0, "predictions": 0, "metrics": 0}
     # rerun with fewer epochs to keep it short: a different run id, so check the same command instead
     rc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -145,6 +154,7 @@ def test_killed_run_leaves_no_rows_and_rerun_completes(tmp_path, cache_env):
     assert t["runs"] == 1 and t["predictions"] > 0 and t["metrics"] > 0
 
 
+@pytest.mark.slow
 def test_every_bad_input_through_a_full_run(tmp_path, cache_env, bad_inputs):
     """Import, masks, CAMs (every method) and probes over the hostile files: each is used or
     rejected with its reason, and the run completes."""

@@ -10,7 +10,7 @@ from benchmark.data import sources
 from benchmark.data.datasets import load_dataset, presets
 from benchmark.data.splits import patient_split, split_counts
 from benchmark.errors import BenchmarkError, UnknownNameError
-from conftest import write_png
+from tests.conftest import write_png
 
 
 def test_pack_sources_match_manifests(cxr_root):

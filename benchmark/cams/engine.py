@@ -1,6 +1,6 @@
 """One entry point for CAMs: `compute_cams(model, images, targets, method)`.
 
-Fast methods (cam, gradcam) run batched on the model's device (fast.py); every method can run
+Fast methods (cam, gradcam, hirescam) run batched on the model's device (fast.py); every method can run
 through pytorch-grad-cam (the reference path, `fast=False`), wrapped so that it leaves the
 caller's model as it found it: pytorch-grad-cam calls `model.eval()` and fills the parameters'
 `.grad`, and we restore both. Maps come back at the target layer's resolution; `upsample_cam`

@@ -1,7 +1,7 @@
 """Batched CAM, Grad-CAM and HiResCAM that stay on the model's device.
 
 Why not pytorch-grad-cam here: it copies activations, gradients and every map to the CPU per
-batch and calls model.eval() on the caller's model; on a GPU the copies dominate (DESIGN.md
+batch and calls model.eval() on the caller's model; on a GPU the copies dominate (docs/ARCHITECTURE.md
 measured 3.5x on resnet50). This path keeps activations and gradients on the device, takes
 gradients with `torch.autograd.grad` w.r.t. the hooked activation only (so the parameters'
 `.grad` are never touched and no backward runs past the CAM layer), normalises per image on the

@@ -1,7 +1,7 @@
 """Registry of CAM methods over pytorch-grad-cam, keyed by the lowercase names stored in `cams.method`.
 
 Each entry wraps a pytorch-grad-cam class so that its maps stay at the target layer's own
-resolution: DESIGN.md stores maps there and upsamples only for display and measures, and
+resolution: docs/ARCHITECTURE.md stores maps there and upsamples only for display and measures, and
 pytorch-grad-cam would otherwise resize every map to the input size inside `__call__`.
 `get_target_width_height` is the one hook `BaseCAM.compute_cam_per_layer` asks for that size;
 returning None makes `scale_cam_image` min-max normalise without resizing.
@@ -12,8 +12,8 @@ uses it unless asked for the reference path.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -150,7 +150,8 @@ register_cam_method("cam", requires_gap_head=True, fast=fast_paths.class_activat
 register_cam_method("gradcam", fast=fast_paths.grad_cams,
                     summary="Grad-CAM: channel weights = spatial mean of the gradients")(GradCAM)
 register_cam_method("gradcam++", summary="Grad-CAM++: higher-order gradient weights")(GradCAMPlusPlus)
-register_cam_method("hirescam", fast=fast_paths.hires_cams, summary="HiResCAM: element-wise gradient x activation")(HiResCAM)
+register_cam_method("hirescam", fast=fast_paths.hires_cams,
+                    summary="HiResCAM: element-wise gradient x activation")(HiResCAM)
 register_cam_method("scorecam", summary="Score-CAM: weights from the score of masked inputs")(ScoreCAM)
 register_cam_method("layercam", summary="LayerCAM: positive gradients x activation")(LayerCAM)
 register_cam_method("eigencam", summary="Eigen-CAM: first principal component (class-agnostic)")(EigenCAM)

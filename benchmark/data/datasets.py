@@ -1,32 +1,22 @@
-"""Dataset presets (configs/datasets.toml) and folders turned into labelled, patient-split records."""
+"""Dataset presets (data/presets.py) and folders turned into labelled, patient-split records."""
 from __future__ import annotations
 
 import logging
-import os
-import tomllib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import BenchmarkError, UnknownNameError
-from . import phantom, sources
-from .records import ImageRecord
-from .splits import patient_split
+from benchmark import paths
+from benchmark.data import phantom, sources
+from benchmark.data.presets import presets
+from benchmark.data.records import ImageRecord
+from benchmark.data.splits import patient_split
+from benchmark.errors import BenchmarkError, UnknownNameError
+from benchmark.paths import require_data_root
 
 log = logging.getLogger(__name__)
-
-PRESETS_FILE = Path(__file__).resolve().parents[2] / "configs" / "datasets.toml"
-DEFAULT_DATA_ROOT_HELP = "the real-data pack folder (holding kermany/, cohen/, nih/) or upstream downloads"
-
-
-@lru_cache(maxsize=1)
-def presets() -> dict[str, dict]:
-    with open(PRESETS_FILE, "rb") as fh:
-        return tomllib.load(fh)
-
 
 @dataclass
 class Dataset:
@@ -39,15 +29,6 @@ class Dataset:
 
     def split(self, split: str) -> list[ImageRecord]:
         return [r for r in self.records if r.split == split]
-
-
-def resolve_data_root(data_root: str | Path | None) -> Path:
-    root = data_root or os.environ.get("CXR_DATA")
-    if not root:
-        raise BenchmarkError(
-            "real-data presets need a data root: pass --data-root DIR or set $CXR_DATA "
-            f"({DEFAULT_DATA_ROOT_HELP}); the embedded default needs none: --data phantom")
-    return Path(root)
 
 
 def _cap_per_class(records: list[ImageRecord], cap: int, seed: int) -> list[ImageRecord]:
@@ -101,14 +82,13 @@ def load_dataset(name: str, *, data_root: str | Path | None = None, data_seed: i
         if phantom_size:
             overrides["size"] = phantom_size
         cfg = phantom.phantom_config(name, **overrides)
-        from .decode import default_cache_dir
-        root = (cache_dir or default_cache_dir()) / "phantom"
+        root = paths.cache_dir(cache_dir) / "phantom"
         records = phantom.materialize(cfg, root, key)
         classes = list(cfg.classes)
         desc = table[name]["description"]
     elif name in table:
         spec = table[name]
-        root = resolve_data_root(data_root)
+        root = require_data_root(data_root)
         records = []
         for part in spec["parts"]:
             for r in sources.find_source(root, part["source"]):
@@ -133,12 +113,3 @@ def load_dataset(name: str, *, data_root: str | Path | None = None, data_seed: i
     patient_split(records, seed=data_seed)
     log.info("dataset %s: %d images, classes %s", key, len(records), classes)
     return Dataset(name=key, classes=classes, records=records, description=desc)
-
-
-def preset_input_size(name: str) -> int | None:
-    """The preset's default model input size (phantom: 128), None for real data and folders."""
-    return presets().get(name, {}).get("input_size")
-
-
-def list_presets() -> list[tuple[str, str]]:
-    return [(n, p["description"]) for n, p in presets().items()]

@@ -1,6 +1,6 @@
 """Decode each image once per input size and keep the uint8 result on disk.
 
-JPEG decoding runs at about 115 images/s per CPU core (DESIGN.md), slower than most models
+JPEG decoding runs at about 115 images/s per CPU core (docs/ARCHITECTURE.md), slower than most models
 train on a GPU, so every (image, input size) is decoded once, squashed to the model's square
 input with :func:`~benchmark.data.imageio.resize_image`, and stored as a small ``.npy``.
 A second run, or a second model at the same input size, reads only the cache.
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from benchmark import paths
 from benchmark.data.imageio import check_size, read_image, read_mask, resize_image, resize_mask
 from benchmark.data.records import ImageRecord
 from benchmark.errors import ImageRejected, UnknownNameError
@@ -35,12 +36,6 @@ log = logging.getLogger(__name__)
 #: Bump when decoding changes what pixels come out (resampling, colour handling, limits):
 #: every cached entry then misses and is decoded again.
 CACHE_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    """``$CXR_CACHE`` if set, else ``~/.cache/cxr-audit``; shared by all runs of a machine."""
-    env = os.environ.get("CXR_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cxr-audit"
 
 
 @dataclass
@@ -77,7 +72,7 @@ class DecodeCache:
     """
 
     def __init__(self, root: Path | None = None, *, workers: int | None = None):
-        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root = paths.cache_dir(root)
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.stats = CacheStats()
 

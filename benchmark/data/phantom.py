@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.data.phantom_draw import ANATOMY_STREAM, draw_anatomy, draw_lung_pattern
+from benchmark.data.presets import presets_of_kind
 from benchmark.data.records import ImageRecord
 from benchmark.errors import BenchmarkError, UnknownNameError
 
@@ -97,24 +98,23 @@ class PhantomConfig:
         return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
 
-PHANTOM_PRESETS: dict[str, PhantomConfig] = {
-    "phantom": PhantomConfig(p_marker=0.9, lung_signal=True),
-    # Only the marker tells the class: a model can only score by taking the shortcut.
-    "phantom-shortcut": PhantomConfig(p_marker=1.0, lung_signal=False),
-    # Only the lungs tell the class: the honest control.
-    "phantom-clean": PhantomConfig(p_marker=0.0, lung_signal=True),
-}
+def phantom_presets() -> dict[str, PhantomConfig]:
+    """The phantom presets of configs/datasets.toml (kind = "phantom") as generator configs."""
+    fields = {f.name for f in dataclasses.fields(PhantomConfig)}
+    return {name: PhantomConfig(**{k: v for k, v in p.items() if k in fields})
+            for name, p in presets_of_kind("phantom").items()}
 
 
 def phantom_config(preset: str, **overrides) -> PhantomConfig:
     """A preset with some fields replaced (e.g. n_images for a quick run)."""
-    if preset not in PHANTOM_PRESETS:
-        raise UnknownNameError("phantom preset", preset, PHANTOM_PRESETS)
+    table = phantom_presets()
+    if preset not in table:
+        raise UnknownNameError("phantom preset", preset, table)
     fields = {f.name for f in dataclasses.fields(PhantomConfig)}
     for key in overrides:
         if key not in fields:
             raise UnknownNameError("phantom option", key, fields)
-    return dataclasses.replace(PHANTOM_PRESETS[preset], **overrides)
+    return dataclasses.replace(table[preset], **overrides)
 
 
 @dataclass

@@ -11,12 +11,12 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from ..errors import BenchmarkError, UnknownNameError
-from .records import ImageRecord
+from benchmark.data.records import ImageRecord
+from benchmark.errors import BenchmarkError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +26,31 @@ MASK_SOURCES = {"v7labs": "gt-v7", "lungVAE": "gt-lungvae", "lungvae": "gt-lungv
 
 @dataclass(frozen=True)
 class SourceLayout:
+    """One folder layout. `dirs`: where a named source of this layout may live under a data root
+    (presets name sources: "kermany", "cohen", "nih"); empty for layouts that are not sources."""
+
     name: str
     detect: Callable[[Path], bool]
     load: Callable[[Path], list[ImageRecord]]
     description: str
+    dirs: tuple[str, ...] = ()
 
 
+#: Registered layouts, in detection order (the first whose `detect` accepts a folder reads it).
 LAYOUTS: dict[str, SourceLayout] = {}
 
 
-def register_layout(name: str, detect: Callable[[Path], bool], description: str):
+def register_layout(name: str, detect: Callable[[Path], bool], description: str, *, dirs: tuple[str, ...] = ()):
+    """Adding a layout (and, with `dirs`, a named source) is this one decorator."""
     def deco(fn: Callable[[Path], list[ImageRecord]]):
-        LAYOUTS[name] = SourceLayout(name, detect, fn, description)
+        LAYOUTS[name] = SourceLayout(name, detect, fn, description, tuple(dirs))
         return fn
     return deco
+
+
+def named_sources() -> dict[str, tuple[str, ...]]:
+    """Source name -> folders under a data root where it may live."""
+    return {name: lay.dirs for name, lay in LAYOUTS.items() if lay.dirs}
 
 
 def _age(text: str) -> float | None:
@@ -91,7 +102,8 @@ def kermany_patient(name: str) -> str:
 
 
 @register_layout("kermany", lambda p: _kermany_root(p) is not None,
-                 "Kermany et al. 2018 download: chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/")
+                 "Kermany et al. 2018 download: chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/",
+                 dirs=("kermany", "chest_xray", "chest-xray-pneumonia", "."))
 def load_kermany(root: Path) -> list[ImageRecord]:
     base = _kermany_root(root)
     records = []
@@ -147,7 +159,8 @@ def _cohen_root(p: Path) -> Path | None:
 
 
 @register_layout("cohen", lambda p: _cohen_root(p) is not None,
-                 "Cohen et al. COVID-19 image data collection: metadata.csv + images/ (frontal X-rays kept)")
+                 "Cohen et al. COVID-19 image data collection: metadata.csv + images/ (frontal X-rays kept)",
+                 dirs=("cohen", "covid-chestxray-dataset", "."))
 def load_cohen(root: Path) -> list[ImageRecord]:
     base = _cohen_root(root)
     records = []
@@ -175,7 +188,8 @@ def _nih_entry(p: Path) -> Path | None:
 
 
 @register_layout("nih", lambda p: _nih_entry(p) is not None,
-                 "NIH ChestX-ray14: Data_Entry_2017*.csv + image folders (normal = No Finding, pneumonia)")
+                 "NIH ChestX-ray14: Data_Entry_2017*.csv + image folders (normal = No Finding, pneumonia)",
+                 dirs=("nih", "ChestX-ray14", "chestxray14", "."))
 def load_nih(root: Path) -> list[ImageRecord]:
     index = {f.name: f for f in root.rglob("*.png")} | {f.name: f for f in root.rglob("*.jpg")}
     records = []
@@ -215,16 +229,13 @@ def load_class_folders(root: Path) -> list[ImageRecord]:
 
 # --- resolution --------------------------------------------------------------------------
 
-SOURCE_ORDER = ("pack", "kermany", "cohen", "nih", "folder")
-
-
 def detect_layout(path: Path) -> str:
-    for name in SOURCE_ORDER:
+    for name in LAYOUTS:
         if LAYOUTS[name].detect(path):
             return name
     raise BenchmarkError(
         f"{path}: no known layout. Expected one of: "
-        + "; ".join(f"{n}: {LAYOUTS[n].description}" for n in SOURCE_ORDER))
+        + "; ".join(f"{n}: {LAYOUTS[n].description}" for n in LAYOUTS))
 
 
 def load_folder(path: str | Path, layout: str | None = None) -> list[ImageRecord]:
@@ -240,21 +251,14 @@ def load_folder(path: str | Path, layout: str | None = None) -> list[ImageRecord
     return records
 
 
-# Where a named source ("kermany", "cohen", "nih") may live under a data root.
-SOURCE_DIRS = {
-    "kermany": ("kermany", "chest_xray", "chest-xray-pneumonia", "."),
-    "cohen": ("cohen", "covid-chestxray-dataset", "."),
-    "nih": ("nih", "ChestX-ray14", "chestxray14", "."),
-}
-
-
 def find_source(data_root: str | Path, source: str) -> list[ImageRecord]:
     """Records of a named source under a data root, in pack or upstream layout."""
-    if source not in SOURCE_DIRS:
-        raise UnknownNameError("source", source, SOURCE_DIRS)
+    dirs = named_sources()
+    if source not in dirs:
+        raise UnknownNameError("source", source, dirs)
     root = Path(data_root)
     tried = []
-    for sub in SOURCE_DIRS[source]:
+    for sub in dirs[source]:
         cand = (root / sub).resolve()
         tried.append(str(cand))
         if not cand.is_dir():

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .records import ImageRecord
+from benchmark.data.records import ImageRecord
 
 
 @dataclass(frozen=True)

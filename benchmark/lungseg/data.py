@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..data.imageio import read_image, read_mask
-from ..data.phantom import generate_image, phantom_config
-from ..errors import ImageRejected
+from benchmark.data.imageio import read_image, read_mask
+from benchmark.data.phantom import generate_image, phantom_config
+from benchmark.errors import ImageRejected
 
 log = logging.getLogger(__name__)
 

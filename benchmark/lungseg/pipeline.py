@@ -5,18 +5,19 @@ This is what `python -m benchmark lungs train` and bench/train_lung_segmenter.py
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..data.imageio import read_image, read_mask
-from .data import build_training_set
-from .model import LungUNet, dice_per_image
-from .predict import DEFAULT_SEGMENTER_STEM, REPO_ROOT, predict_lung_mask, save_segmenter
-from .train import train_lung_segmenter
+from benchmark.config import device_option, option
+from benchmark.data.imageio import read_image, read_mask
+from benchmark.lungseg.data import build_training_set
+from benchmark.lungseg.model import LungUNet, dice_per_image
+from benchmark.lungseg.predict import predict_lung_mask, save_segmenter
+from benchmark.lungseg.train import train_lung_segmenter
+from benchmark.training.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +27,17 @@ class LungTrainConfig:
     """Defaults measured on the cohen masks: 128 px is enough for lung-level masks and trains
     on two CPU cores within minutes."""
 
-    size: int = 128
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 2e-3
-    n_phantom: int = 48
-    seed: int = 0
-    device: str = "cpu"
-    base_channels: int = 16
-    use_lungvae: bool = True
-    heldout_fraction: float = 0.2
-    augment: bool = True
+    size: int = option(128, "training size (multiple of 16)")
+    epochs: int = option(10, "training epochs (10: held-out cohen Dice 0.951 in ~16 min on 2 CPU cores)")
+    batch_size: int = option(16, "batch size", cli=False)
+    lr: float = option(2e-3, "learning rate", cli=False)
+    n_phantom: int = option(48, "phantom images (exact masks) added to the cohen masks")
+    seed: int = option(0, "seed of the held-out split, the phantoms and training")
+    device: str = device_option()
+    base_channels: int = option(16, "U-Net width", cli=False)
+    use_lungvae: bool = option(True, "train on the pack's lungVAE masks too, not only V7", cli=False)
+    heldout_fraction: float = option(0.2, "share of cohen patients held out for Dice", cli=False)
+    augment: bool = option(True, "flip-free affine and exposure augmentation", cli=False)
 
     def __post_init__(self):
         if self.size % 16 or self.size < 32:
@@ -45,12 +46,6 @@ class LungTrainConfig:
             raise ValueError("epochs must be >= 1 and batch_size >= 2")
         if not 0 < self.heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-
-
-def default_cxr_root() -> Path:
-    """$CXR_DATA, else the data pack beside the repository (../shared/data/cxr)."""
-    env = os.environ.get("CXR_DATA")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "cxr"
 
 
 def heldout_native_dice(model: LungUNet, rows: list[dict], *, device: str = "cpu") -> np.ndarray:
@@ -67,10 +62,11 @@ def heldout_native_dice(model: LungUNet, rows: list[dict], *, device: str = "cpu
 
 
 def fit_lung_segmenter(cxr_root: Path | None, config: LungTrainConfig = LungTrainConfig(), *,
-                       out_stem: Path | None = DEFAULT_SEGMENTER_STEM, progress: bool = True
+                       out_stem: Path | None, progress: bool = True
                        ) -> tuple[LungUNet, dict]:
     """Train on cohen (+ phantom), report Dice per group and at native size, save if out_stem."""
     t0 = time.perf_counter()
+    config = replace(config, device=str(resolve_device(config.device)))
     train_x, train_m, val_x, val_m, info = build_training_set(
         cxr_root, config.size, n_phantom=config.n_phantom, seed=config.seed,
         heldout_fraction=config.heldout_fraction, use_lungvae=config.use_lungvae)

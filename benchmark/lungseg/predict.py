@@ -13,15 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import git_commit
-from ..errors import BenchmarkError, WeightsMissingError
-from .data import resize_float
-from .model import LungUNet
+from benchmark.errors import BenchmarkError, WeightsMissingError
+from benchmark.lungseg.data import resize_float
+from benchmark.lungseg.model import LungUNet
+from benchmark.training.checkpoints import git_commit
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SEGMENTER_STEM = REPO_ROOT / "checkpoints" / "lungseg" / "lung_unet"
 CHECKPOINT_FORMAT = "lung_unet/1"
 
 
@@ -104,7 +102,7 @@ def _paths(path_stem: str | Path) -> tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def save_segmenter(model: LungUNet, path_stem: str | Path = DEFAULT_SEGMENTER_STEM,
+def save_segmenter(model: LungUNet, path_stem: str | Path,
                    meta: dict | None = None) -> tuple[Path, Path]:
     """Write <stem>.safetensors (weights) and <stem>.json (architecture, size, scores, data, commit).
 
@@ -123,13 +121,13 @@ def save_segmenter(model: LungUNet, path_stem: str | Path = DEFAULT_SEGMENTER_ST
             "in_channels": int(model.in_channels),
             "base_channels": int(model.base_channels),
             "git_commit": (meta or {}).get("git_commit") or git_commit(short=False),
-            "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "saved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     sidecar.write_text(json.dumps(info, indent=2, default=str))
     log.info("saved lung segmenter to %s", weights)
     return weights, sidecar
 
 
-def load_segmenter(path_stem: str | Path = DEFAULT_SEGMENTER_STEM, *, device: str = "cpu"
+def load_segmenter(path_stem: str | Path, *, device: str = "cpu"
                    ) -> tuple[LungUNet, dict]:
     """(model in eval mode, sidecar dict). Raises WeightsMissingError if the files are absent."""
     from safetensors import SafetensorError

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .model import LungUNet, count_parameters, dice_per_image, soft_dice_loss
+from benchmark.lungseg.model import LungUNet, count_parameters, dice_per_image, soft_dice_loss
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,50 @@ def _group_means(scores: np.ndarray, groups: Sequence[str]) -> dict[str, float]:
     return out
 
 
+def _checked_inputs(images, masks, val_images, val_masks, val_groups, select_group):
+    """(val groups, mask of the val images that choose the epoch, the choosing group); ValueError on bad shapes."""
+    if images.shape != masks.shape or images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"need N x S x S images and masks, got {images.shape} and {masks.shape}")
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 training images, got {len(images)}")
+    if len(val_images) == 0 or np.shape(val_images) != np.shape(val_masks):
+        raise ValueError(f"need matching val images and masks (at least one), got "
+                         f"{np.shape(val_images)} and {np.shape(val_masks)}")
+    groups = list(val_groups) if val_groups is not None else ["all"] * len(val_images)
+    if len(groups) != len(val_images):
+        raise ValueError(f"val_groups has {len(groups)} names for {len(val_images)} val images")
+    if select_group is None and "cohen" in groups:
+        select_group = "cohen"
+    select = np.array([select_group is None or g == select_group for g in groups])
+    if not select.any():
+        raise ValueError(f"select_group {select_group!r} not in val_groups {sorted(set(groups))}")
+    return groups, select, select_group
+
+
+def _train_epoch(model: LungUNet, x_all: torch.Tensor, m_all: torch.Tensor, batches: list[torch.Tensor],
+                 opt, sched, gen: torch.Generator | None, autocast) -> float:
+    """One pass over `batches` (index tensors on the device); augmented when `gen` is given; mean loss."""
+    model.train()
+    losses = []
+    for idx in batches:
+        x = x_all[idx].float() / 255
+        m = m_all[idx].float()
+        if gen is not None:
+            x, m = augment_batch(x, m, gen)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+        logits = logits.float()
+        loss = F.binary_cross_entropy_with_logits(logits, m) + soft_dice_loss(logits, m)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.detach())
+    model.eval()
+    return float(torch.stack(losses).mean())
+
+
 def train_lung_segmenter(images: np.ndarray, masks: np.ndarray, *, val_images: np.ndarray,
                          val_masks: np.ndarray, epochs: int, batch_size: int = 16, lr: float = 1e-3,
                          device: str = "cpu", seed: int = 0, augment: bool = True, progress: bool = False,
@@ -97,23 +141,9 @@ def train_lung_segmenter(images: np.ndarray, masks: np.ndarray, *, val_images: n
     which are easy, cannot pick the epoch), else on all val images. The model comes back in
     eval mode on `device`. The global RNG is left untouched: init and batches use `seed`.
     """
-    if images.shape != masks.shape or images.ndim != 3 or images.shape[1] != images.shape[2]:
-        raise ValueError(f"need N x S x S images and masks, got {images.shape} and {masks.shape}")
-    if len(images) < 2:
-        raise ValueError(f"need at least 2 training images, got {len(images)}")
-    if len(val_images) == 0 or np.shape(val_images) != np.shape(val_masks):
-        raise ValueError(f"need matching val images and masks (at least one), got "
-                         f"{np.shape(val_images)} and {np.shape(val_masks)}")
+    groups, select, select_group = _checked_inputs(images, masks, val_images, val_masks, val_groups, select_group)
     size = int(images.shape[1])
     dev = torch.device(device)
-    groups = list(val_groups) if val_groups is not None else ["all"] * len(val_images)
-    if len(groups) != len(val_images):
-        raise ValueError(f"val_groups has {len(groups)} names for {len(val_images)} val images")
-    if select_group is None and "cohen" in groups:
-        select_group = "cohen"
-    select = np.array([select_group is None or g == select_group for g in groups])
-    if not select.any():
-        raise ValueError(f"select_group {select_group!r} not in val_groups {sorted(set(groups))}")
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -137,29 +167,12 @@ def train_lung_segmenter(images: np.ndarray, masks: np.ndarray, *, val_images: n
     history = []
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        model.train()
         order = torch.randperm(n, generator=gen)
-        losses = []
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size:(step + 1) * batch_size].to(dev)
-            x = x_all[idx].float() / 255
-            m = m_all[idx].float()
-            if augment:
-                x, m = augment_batch(x, m, gen)
-            x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = model(x)
-            logits = logits.float()
-            loss = F.binary_cross_entropy_with_logits(logits, m) + soft_dice_loss(logits, m)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.detach())
-        model.eval()
+        batches = [order[step * batch_size:(step + 1) * batch_size].to(dev) for step in range(steps_per_epoch)]
+        loss = _train_epoch(model, x_all, m_all, batches, opt, sched, gen if augment else None, autocast)
         scores = _val_dice(model, val_x, val_masks, max(batch_size, 32), autocast)
         chosen = float(scores[select].mean())
-        row = {"epoch": epoch, "loss": float(torch.stack(losses).mean()), "val_dice": chosen,
+        row = {"epoch": epoch, "loss": loss, "val_dice": chosen,
                "seconds": round(time.perf_counter() - t0, 1)}
         history.append(row)
         if chosen > best["dice"]:
@@ -170,23 +183,11 @@ def train_lung_segmenter(images: np.ndarray, masks: np.ndarray, *, val_images: n
     model.load_state_dict(best["state"])
     model.eval()
     report = {
-        "best_val_dice": best["dice"],
-        "best_epoch": best["epoch"],
-        "select_group": select_group or "all",
-        "val_dice_by_group": _group_means(best["scores"], groups),
-        "val_dice_per_image": best["scores"].tolist(),
-        "epochs": epochs,
-        "n_train": n,
-        "n_val": len(val_images),
-        "size": size,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "augment": augment,
-        "device": str(dev),
-        "bf16": use_bf16,
-        "parameters": count_parameters(model),
-        "train_seconds": round(time.perf_counter() - t0, 1),
+        "best_val_dice": best["dice"], "best_epoch": best["epoch"], "select_group": select_group or "all",
+        "val_dice_by_group": _group_means(best["scores"], groups), "val_dice_per_image": best["scores"].tolist(),
+        "epochs": epochs, "n_train": n, "n_val": len(val_images), "size": size, "batch_size": batch_size,
+        "lr": lr, "seed": seed, "augment": augment, "device": str(dev), "bf16": use_bf16,
+        "parameters": count_parameters(model), "train_seconds": round(time.perf_counter() - t0, 1),
         "history": history,
     }
     return model, report

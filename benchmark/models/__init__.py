@@ -3,8 +3,8 @@
     create_model("resnet18", num_classes=3, pretrained=True, weights_dir=Path("weights"))
     resolve_models("paper")  # all 15 names, validated
 """
-from .weights import find_weights
-from .zoo import (
+from benchmark.models.weights import find_weights
+from benchmark.models.zoo import (
     ROSTERS,
     ModelSpec,
     XrayClassifier,

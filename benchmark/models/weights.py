@@ -11,7 +11,6 @@ it: a run that asked for ImageNet weights never silently trains from random init
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..errors import WeightsMissingError
+from benchmark.errors import WeightsMissingError
+from benchmark.paths import hf_hub_cache, torch_hub_checkpoints
 
 if TYPE_CHECKING:  # zoo imports this module; only the type is needed here
-    from .zoo import ModelSpec
+    from benchmark.models.zoo import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +38,6 @@ class WeightsSource:
     file_name: str   # canonical file name, e.g. resnet18-f37072fd.pth or model.safetensors
     url: str = ""
     hf_hub_id: str = ""
-
-
-def torch_hub_checkpoints() -> Path:
-    """torch hub's checkpoint cache, resolved now so a changed TORCH_HOME is honoured."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache folder, read from the environment at call time.
-
-    huggingface_hub fixes its constant at import; tests and users may change the variables later.
-    """
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # optional: without it only --weights-dir and torch hub are searched
-        return Path.home() / ".cache" / "huggingface" / "hub"
-    return Path(constants.HF_HUB_CACHE)
 
 
 def weights_source(spec: ModelSpec) -> WeightsSource:

@@ -10,18 +10,18 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
-from ..errors import UnknownNameError, WeightsMissingError
-from . import weights as weights_lib
-from .shallow import ShallowCNN
+from benchmark.errors import UnknownNameError, WeightsMissingError
+from benchmark.models import weights as weights_lib
+from benchmark.models.shallow import ShallowCNN
 
 log = logging.getLogger(__name__)
 

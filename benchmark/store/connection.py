@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from . import schema
+from benchmark.store import schema
 
 log = logging.getLogger(__name__)
 

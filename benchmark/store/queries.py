@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .schema import columns
+from benchmark.store.schema import columns
 
 
 def done_run_ids(con) -> set[str]:

@@ -1,7 +1,8 @@
 """DuckDB schema of results.duckdb.
 
-Column names marked *contract* in ../shared/docs/DESIGN.md are relied on by checks and the
-dashboard: add columns, never rename. Every statement that creates or changes tables is here.
+The contract columns, listed in docs/ARCHITECTURE.md (mirrored from ../shared/docs/DESIGN.md),
+are relied on by checks and the dashboard: add columns, never rename. Every statement that
+creates or changes tables is here.
 """
 
 SCHEMA_VERSION = 1

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import schema
-from .connection import writer
+from benchmark.store import schema
+from benchmark.store.connection import writer
 
 log = logging.getLogger(__name__)
 

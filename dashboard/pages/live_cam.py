@@ -10,8 +10,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from benchmark.checkpoints import list_checkpoints
 from benchmark.errors import ImageRejected
+from benchmark.training.checkpoints import list_checkpoints
 from dashboard import cache, common, live, render, views
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ chosen = c1.multiselect("Models", list(by_path), default=list(by_path)[:3], key=
                         placeholder="choose checkpoints", persist_state="session")
 method = c2.selectbox("CAM method", methods, index=views.preferred_method_index(methods),
                       key="live_method", persist_state="session",
-                      help="CAM, Grad-CAM and HiResCAM are fast; Score-CAM runs the model once per channel (slow on CPU). "
+                      help="CAM, Grad-CAM and HiResCAM are fast; "
+                           "Score-CAM runs the model once per channel (slow on CPU). "
                            "@stride16 explains at the last layer 16 times smaller than the input (finer maps).")
 if not checkpoints:
     st.info(f"No classifier checkpoints in `{cfg.checkpoints_dir}`. `python -m benchmark run` saves one per "

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightsMissingError
+from benchmark import paths
+from benchmark.errors import WeightsMissingError
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,9 @@ def complete_masks(images: np.ndarray, masks: np.ndarray, has_mask: np.ndarray, 
     missing = np.flatnonzero(~has_mask)
     if len(missing) == 0:
         return masks, sources
-    from .lungseg import load_segmenter, predict_lung_masks
-    from .lungseg.predict import DEFAULT_SEGMENTER_STEM
+    from benchmark.lungseg import load_segmenter, predict_lung_masks
 
-    stem = Path(segmenter) if segmenter else DEFAULT_SEGMENTER_STEM
+    stem = paths.segmenter_stem(segmenter)
     try:
         model, _ = load_segmenter(stem, device=device)
     except WeightsMissingError:
@@ -49,15 +49,14 @@ def segmenter_row(segmenter: str | Path | None) -> dict | None:
     import datetime as dt
     import json
 
-    from .lungseg.predict import DEFAULT_SEGMENTER_STEM
-
-    stem = Path(segmenter) if segmenter else DEFAULT_SEGMENTER_STEM
+    stem = paths.segmenter_stem(segmenter)
     sidecar = stem.with_suffix(".json")
     if not sidecar.is_file():
         return None
     meta = json.loads(sidecar.read_text())
     dice = meta.get("heldout_cohen_dice_native")
-    return {"checkpoint_path": str(stem.with_suffix(".safetensors")), "created_at": meta.get("saved_at") or dt.datetime.now(),
+    return {"checkpoint_path": str(stem.with_suffix(".safetensors")),
+            "created_at": meta.get("saved_at") or dt.datetime.now(),
             "image_size": meta.get("input_size"), "dice_heldout": dice,
             "dice_heldout_source": "cohen gt-v7 (native size)" if dice is not None else None,
             "n_train": meta.get("n_train"), "n_heldout": meta.get("n_val"),

@@ -16,21 +16,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .device import autocast, memory_format, to_input
+from benchmark.config import TrainConfig
+from benchmark.training.device import autocast, memory_format, to_input
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 3
-    augment: bool = True
-    seed: int = 0
-    progress: bool = True
 
 
 @dataclass
@@ -96,7 +85,7 @@ def _epoch_loss(model, images, labels, idx, criterion, device, batch_size) -> fl
 
 def fit(model: torch.nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         val_x: torch.Tensor, val_y: torch.Tensor, n_classes: int, cfg: TrainConfig,
-        device: torch.device, *, desc: str = "train") -> TrainResult:
+        device: torch.device, *, desc: str = "train", progress: bool = True) -> TrainResult:
     """Train in place; the model ends holding the weights of the epoch with the lowest val loss.
 
     train_x/val_x: uint8 N x H x W on `device`; labels: int64 on `device`.
@@ -113,7 +102,7 @@ def fit(model: torch.nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
     history, bad_epochs, seen = [], 0, 0
     t0 = time.perf_counter()
     val_idx = torch.arange(len(val_x), device=device)
-    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not cfg.progress, leave=False)
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
         perm = torch.randperm(len(train_x), generator=gen).to(device)

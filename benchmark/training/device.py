@@ -5,14 +5,13 @@ import contextlib
 
 import torch
 
-from .errors import BenchmarkError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from benchmark.config import DEVICES
+from benchmark.errors import BenchmarkError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
-        raise BenchmarkError(f"unknown device {name!r}; choose one of: {', '.join(DEVICE_CHOICES)}")
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise BenchmarkError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

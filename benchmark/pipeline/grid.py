@@ -9,13 +9,13 @@ import datetime as dt
 import json
 import logging
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 
-from .errors import WeightsMissingError
-from .job import JobSpec, load_job_dataset, run_job
-from .store import queries, reader, write_run
-from .store.writes import RunBundle
+from benchmark.errors import WeightsMissingError
+from benchmark.pipeline.job import load_job_dataset, run_job
+from benchmark.pipeline.spec import JobSpec
+from benchmark.store import queries, reader, write_run
+from benchmark.store.writes import RunBundle
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def run_grid(specs: list[JobSpec], db: str | Path, *, force: bool = False,
     for spec in specs:
         if spec.run_id in done and not force:
             log.info("%s: already done, skipped (use --force to redo)", spec.run_id)
-            statuses.append({"run_id": spec.run_id, "model": spec.model, "data": spec.data, "status": "skipped"})
+            statuses.append({"run_id": spec.run_id, "model": spec.model, "data": spec.data.name, "status": "skipped"})
             continue
         try:
             bundle = run_job(spec, load_job_dataset(spec, loaded))
@@ -51,13 +51,13 @@ def run_grid(specs: list[JobSpec], db: str | Path, *, force: bool = False,
             log.error("%s failed: %s", spec.run_id, exc)
             log.debug("%s", traceback.format_exc())
             write_run(db, failed_bundle(spec, exc))
-            statuses.append({"run_id": spec.run_id, "model": spec.model, "data": spec.data,
+            statuses.append({"run_id": spec.run_id, "model": spec.model, "data": spec.data.name,
                              "status": "failed", "error": str(exc)})
             if not keep_going or isinstance(exc, WeightsMissingError):
                 raise
             continue
         write_run(db, bundle)
-        statuses.append({"run_id": spec.run_id, "model": spec.model, "data": spec.data, "status": "done"})
+        statuses.append({"run_id": spec.run_id, "model": spec.model, "data": spec.data.name, "status": "done"})
     return statuses
 
 
@@ -65,7 +65,7 @@ def failed_bundle(spec: JobSpec, exc: Exception) -> RunBundle:
     """A runs row saying why, and nothing else: a failed run leaves no partial results."""
     now = dt.datetime.now()
     return RunBundle(run={
-        "run_id": spec.run_id, "model": spec.model, "dataset": spec.data, "pretrained": spec.pretrained,
-        "epochs": spec.epochs, "device": spec.device, "status": "failed", "started_at": now,
-        "finished_at": now, "config_json": json.dumps(asdict(spec), default=str), "seed": spec.seed,
-        "lungs_only": spec.lungs_only, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+        "run_id": spec.run_id, "model": spec.model, "dataset": spec.data.name, "pretrained": spec.train.pretrained,
+        "epochs": spec.train.epochs, "device": spec.device, "status": "failed", "started_at": now,
+        "finished_at": now, "config_json": json.dumps(spec.flat(), default=str), "seed": spec.train.seed,
+        "lungs_only": spec.data.lungs_only, "error": f"{type(exc).__name__}: {exc}"[:2000]})

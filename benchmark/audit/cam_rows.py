@@ -15,21 +15,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .cams.faithfulness import faithfulness_scores
-from .cams.engine import compute_cams
-from .cams.layers import resolve_layer
-from .cams.lungfocus import lung_focus_batch
-from .cams.methods import list_cam_methods
-from .errors import BenchmarkError
-from .metrics import bootstrap_mean_ci
+from benchmark.cams.engine import compute_cams
+from benchmark.cams.layers import resolve_layer
+from benchmark.cams.lungfocus import lung_focus_batch
+from benchmark.cams.methods import list_cam_methods
+from benchmark.cams.names import split_method
+from benchmark.errors import BenchmarkError
 
 log = logging.getLogger(__name__)
-
-
-def split_method(name: str) -> tuple[str, str | None]:
-    """'gradcam@layer3' -> ('gradcam', 'layer3'); 'gradcam' -> ('gradcam', None)."""
-    base, _, layer = name.partition("@")
-    return base, layer or None
 
 
 @contextlib.contextmanager
@@ -144,25 +137,3 @@ def cam_rows(model, images: np.ndarray, masks: np.ndarray, mask_sources: list[st
             df["marker_mass"] = [f.lung_mass for f in lung_focus_batch(maps, region)]
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def faithfulness_rows(model, images: np.ndarray, preds: np.ndarray, patients: list[str],
-                      methods: Sequence[str], device: torch.device, *, sample: int = 16,
-                      seed: int = 0) -> pd.DataFrame:
-    """ROAD (combined) and confidence drop per CAM method on a seeded sample of images."""
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(images), size=min(sample, len(images)), replace=False))
-    if len(pick) == 0:
-        return pd.DataFrame()
-    x = torch.from_numpy(images[pick]).unsqueeze(1).float().div(255)  # ROAD perturbs float images
-    targets = torch.from_numpy(preds[pick].astype(np.int64))
-    rows = []
-    model.eval()
-    for method in applicable_methods(model, methods):
-        maps = method_maps(model, x, targets, method, device)
-        scores = faithfulness_scores(model, x, targets, maps, device=device, seed=seed)
-        for metric, values in scores.items():
-            value, lo, hi = bootstrap_mean_ci(np.asarray(values, float), [patients[i] for i in pick], seed=seed)
-            rows.append({"method": method, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi,
-                         "n_images": int(len(pick))})
-    return pd.DataFrame(rows)

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .metrics import metrics_with_ci
-from .train import predict_probs
+from benchmark.training.fit import predict_probs
+from benchmark.training.metrics import metrics_with_ci
 
 
 def fill_region(images: np.ndarray, region: np.ndarray) -> np.ndarray:

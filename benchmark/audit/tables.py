@@ -5,34 +5,22 @@ Used after training (job.py), for existing runs (`benchmark cams`) and for exter
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
 
-from .cams import DEFAULT_CAM_METHODS
-from .data.decode import DecodeCache
-from .explain import cam_rows, faithfulness_rows
-from .lungmasks import complete_masks
-from .probes import probe_rows
-
-
-@dataclass(frozen=True)
-class AuditOptions:
-    cam_methods: tuple[str, ...] = DEFAULT_CAM_METHODS
-    faithfulness_sample: int = 8
-    probes: bool = True
-    segmenter: str | None = None
-    cache_dir: str | None = None
-    seed: int = 0
-    n_boot: int = 1000
+from benchmark.audit.cam_rows import cam_rows
+from benchmark.audit.faithfulness import faithfulness_rows
+from benchmark.audit.lung_masks import complete_masks
+from benchmark.audit.probes import probe_rows
+from benchmark.config import AuditConfig
+from benchmark.data.decode import DecodeCache
 
 
 def audit_tables(model, classes: list[str], records: list, images: np.ndarray, masks: np.ndarray,
                  has_mask: np.ndarray, labels: np.ndarray, probs: np.ndarray, device: torch.device,
-                 opts: AuditOptions, *, split: str, mask_sources: list[str] | None = None) -> dict[str, pd.DataFrame]:
+                 opts: AuditConfig, *, split: str, seed: int, cache_dir: str | None = None,
+                 mask_sources: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """{cams, faithfulness, probes} DataFrames for these images (already at the model's input size).
 
     `mask_sources` overrides the records' own where the caller already completed the masks (a
@@ -48,14 +36,14 @@ def audit_tables(model, classes: list[str], records: list, images: np.ndarray, m
     if opts.cam_methods:
         markers = None
         if any(r.marker_mask_path for r in records):
-            cache = DecodeCache(Path(opts.cache_dir) if opts.cache_dir else None)
+            cache = DecodeCache(cache_dir)
             markers, _ = cache.load_masks(records, images.shape[-1], field="marker_mask_path")
         tables["cams"] = cam_rows(model, images, masks, mask_sources, preds, labels, [r.image_id for r in records],
                                   classes, opts.cam_methods, device, split=split, marker_masks=markers)
         if opts.faithfulness_sample:
             tables["faithfulness"] = faithfulness_rows(model, images, preds, patients, opts.cam_methods, device,
-                                                       sample=opts.faithfulness_sample, seed=opts.seed)
+                                                       sample=opts.faithfulness_sample, seed=seed)
     if opts.probes:
-        tables["probes"] = probe_rows(model, images, masks, labels, patients, classes, device, seed=opts.seed,
+        tables["probes"] = probe_rows(model, images, masks, labels, patients, classes, device, seed=seed,
                                       n_boot=opts.n_boot, mask_sources=mask_sources, probs=probs)
     return tables

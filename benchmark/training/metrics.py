@@ -26,8 +26,8 @@ Conventions (documented once, used everywhere):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -14,18 +14,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import BenchmarkError
+from benchmark import paths
+from benchmark.errors import BenchmarkError
 
 log = logging.getLogger(__name__)
 
 SIDECAR_VERSION = 1
-DEFAULT_DIR = Path("checkpoints")
 
 
 def git_commit(short: bool = True) -> str:
     """The repository's HEAD commit ('' outside a checkout or without git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
+                             capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=5)
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
@@ -53,7 +54,8 @@ def read_sidecar(path: str | Path) -> dict:
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
-        raise BenchmarkError(f"checkpoint sidecar {sidecar} is missing: a checkpoint is <name>.safetensors + <name>.json")
+        raise BenchmarkError(f"checkpoint sidecar {sidecar} is missing: "
+                             "a checkpoint is <name>.safetensors + <name>.json")
     try:
         meta = json.loads(sidecar.read_text())
     except json.JSONDecodeError as exc:
@@ -66,7 +68,7 @@ def read_sidecar(path: str | Path) -> dict:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, sidecar) from a .safetensors (or its .json) path."""
-    from .models import create_model
+    from benchmark.models import create_model
 
     path = Path(path)
     weights = path.with_suffix(".safetensors")
@@ -83,10 +85,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), meta
 
 
-def list_checkpoints(root: str | Path = DEFAULT_DIR) -> list[dict]:
-    """Sidecars of every classifier checkpoint under root, with their path."""
+def list_checkpoints(root: str | Path | None = None) -> list[dict]:
+    """Sidecars of every classifier checkpoint under root (default: paths.checkpoints_dir()), with their path."""
     out = []
-    for sidecar in sorted(Path(root).rglob("*.json")):
+    for sidecar in sorted(paths.checkpoints_dir(root).rglob("*.json")):
         try:
             meta = json.loads(sidecar.read_text())
         except (OSError, json.JSONDecodeError):

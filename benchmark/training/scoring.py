@@ -6,8 +6,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from .metrics import metrics_with_ci
-from .train import predict_probs
+from benchmark.training.fit import predict_probs
+from benchmark.training.metrics import metrics_with_ci
 
 
 def score_images(model, images: np.ndarray, labels: np.ndarray, records: list, classes: list[str],

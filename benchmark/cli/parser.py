@@ -1,0 +1,96 @@
+"""The argument parser of `python -m benchmark` / `cxr-audit`; flags come from the config dataclasses."""
+from __future__ import annotations
+
+import argparse
+
+from benchmark import paths
+from benchmark.cli.options import add_config_args
+from benchmark.config import AuditConfig, DataConfig, TrainConfig
+from benchmark.lungseg.pipeline import LungTrainConfig
+from benchmark.pipeline.spec import JobSpec
+
+DB_HELP = f"results database (default ${paths.ENV_RESULTS_DB} or {paths.DEFAULT_RESULTS_DB})"
+CAM_OPTIONS = ("cam_methods", "segmenter", "faithfulness_sample")
+
+
+def _models_help() -> str:
+    from benchmark.models import ROSTERS, list_models
+    rosters = "; ".join(f"'{name}' ({', '.join(names)})" for name, names in ROSTERS.items())
+    return f"comma list of models ({', '.join(list_models())}) or a roster: {rosters} (default: default)"
+
+
+def _add_run(sub) -> None:
+    run = sub.add_parser("run", help="train and evaluate model x dataset pairs into the results DB",
+                         description="Train and evaluate every (model, dataset) pair asked for; pairs "
+                                     "already done in the DB are skipped. With no arguments: the phantom "
+                                     "with the default roster (shallow, resnet18), CPU-friendly.")
+    add_config_args(run, DataConfig)
+    run.add_argument("--models", default="default", help=_models_help())
+    add_config_args(run, TrainConfig)
+    add_config_args(run, AuditConfig)
+    run.add_argument("--db", default=None, help=DB_HELP)
+    add_config_args(run, JobSpec)
+    run.add_argument("--force", action="store_true", help="redo pairs already done")
+
+
+def _add_data(sub) -> None:
+    data = sub.add_parser("data", help="list dataset presets, check a data folder")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser("list", help="presets, layouts, and what the data root holds")
+    add_config_args(dl, DataConfig, include=["data_root"])
+    dc = dsub.add_parser("check", help="read every image of a folder or file; report counts and rejections")
+    dc.add_argument("path")
+    dc.add_argument("--size", type=int, default=224, help="decode size to check at (default 224)")
+    add_config_args(dc, DataConfig, include=["cache_dir"])
+
+
+def _add_cams(sub) -> None:
+    cams = sub.add_parser("cams", help="compute CAMs and lung focus for runs already in the DB",
+                          description="Compute (or recompute) CAMs of the chosen methods for the test images "
+                                      "of finished runs, replacing their earlier maps of those methods.")
+    cams.add_argument("--db", default=None, help=DB_HELP)
+    cams.add_argument("--run-id", action="append", help="only this run (repeatable; default: all done runs)")
+    add_config_args(cams, JobSpec, include=["device", "progress"])
+    add_config_args(cams, AuditConfig, include=CAM_OPTIONS)
+
+
+def _add_evaluate(sub) -> None:
+    ev = sub.add_parser("evaluate", help="external validation of a checkpoint on another dataset or folder",
+                        description="Evaluate a trained checkpoint on a dataset preset or a folder of class "
+                                    "subfolders (images of classes it does not know are left out); writes "
+                                    "metrics, predictions and CAMs with split external:<dataset>.")
+    ev.add_argument("--checkpoint", required=True, help="a .safetensors file with its .json sidecar")
+    add_config_args(ev, DataConfig, include=["name", "data_root", "max_per_class", "cache_dir"], required=["name"])
+    ev.add_argument("--db", default=None, help=DB_HELP)
+    add_config_args(ev, JobSpec, include=["device", "progress"])
+    add_config_args(ev, TrainConfig, include=["seed"])
+    add_config_args(ev, AuditConfig, include=["n_boot", "cam_methods", "segmenter"])
+
+
+def _add_lungs(sub) -> None:
+    lungs = sub.add_parser("lungs", help="train the lung segmenter or predict lung masks")
+    lsub = lungs.add_subparsers(dest="lungs_command", required=True)
+    lt = lsub.add_parser("train", help="train the compact U-Net on the pack's cohen masks (+ phantom masks)",
+                         description="Train the lung segmenter on ground-truth masks (cohen V7/lungVAE masks "
+                                     "under --data-root, plus phantom masks), report Dice on held-out cohen "
+                                     "patients (V7 masks, native size), save safetensors + JSON.")
+    add_config_args(lt, DataConfig, include=["data_root"])
+    lt.add_argument("--out", default=None, help="checkpoint stem (default $CXR_LUNG_SEGMENTER or "
+                                                "checkpoints/lungseg/lung_unet)")
+    add_config_args(lt, LungTrainConfig)
+    lt.add_argument("--db", default=None, help="also record the segmenter and its Dice in this results DB")
+    lp = lsub.add_parser("predict", help="write predicted lung masks (0/255 PNG) for an image or folder")
+    lp.add_argument("path")
+    lp.add_argument("--out-dir", required=True)
+    add_config_args(lp, AuditConfig, include=["segmenter"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr-audit", description="Shortcut-learning audit of chest X-ray "
+                                     "classifiers: python -m benchmark {run,data,cams,evaluate,lungs} (--help "
+                                     "everywhere).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_data, _add_cams, _add_evaluate, _add_lungs):
+        add(sub)
+    return parser
