@@ -38,8 +38,8 @@ def _cam_method_names() -> list[str]:
 class DataConfig:
     """Which images a job reads and how they are prepared."""
 
-    name: str = option("phantom", "dataset preset (`data list` shows them) or a folder of class subfolders",
-                       flag="--data")
+    name: str = option("phantom", "dataset preset (`data list` shows them) or a folder of class subfolders; "
+                                  "`run` takes a comma list", flag="--data")
     data_root: str | None = option(None, "folder holding the real sources (pack or upstream layouts); "
                                          "default $CXR_DATA")
     data_seed: int = option(0, "seed of the phantom and of the patient split")

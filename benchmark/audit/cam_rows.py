@@ -42,9 +42,9 @@ def explained_at(model, layer: str | None):
         model.spec = spec
 
 
-def applicable_methods(model, methods: Sequence[str]) -> list[str]:
-    """The methods (optionally 'method@layer') that apply to this model; the rest are logged."""
-    keep = []
+def method_applicability(model, methods: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(methods that apply, [(method, why not)] for the rest); names may carry '@layer'."""
+    keep, skipped = [], []
     for name in methods:
         base, layer = split_method(name)
         try:
@@ -52,13 +52,21 @@ def applicable_methods(model, methods: Sequence[str]) -> list[str]:
                 applies = base in list_cam_methods(model)
         except BenchmarkError as exc:
             log.warning("%s skipped: %s", name, exc)
+            skipped.append((name, f"not applicable: {exc}"))
             continue
         if applies:
             keep.append(name)
         else:
-            log.info("%s: %s not applicable (needs the GAP+linear head's own layer); skipped",
-                     model.spec.name, name)
-    return keep
+            reason = ("not applicable: needs a global-average-pooling + linear head, explained at that head's "
+                      "own layer")
+            log.info("%s: %s %s; skipped", model.spec.name, name, reason)
+            skipped.append((name, reason))
+    return keep, skipped
+
+
+def applicable_methods(model, methods: Sequence[str]) -> list[str]:
+    """The methods (optionally 'method@layer') that apply to this model; the rest are logged."""
+    return method_applicability(model, methods)[0]
 
 
 def method_maps(model, images: torch.Tensor, targets: torch.Tensor, name: str, device=None, batch_size: int = 32):

@@ -5,11 +5,13 @@ Used after training (job.py), for existing runs (`benchmark cams`) and for exter
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.audit.cam_rows import cam_rows
+from benchmark.audit.cam_rows import cam_rows, method_applicability
 from benchmark.audit.faithfulness import faithfulness_rows
 from benchmark.audit.lung_masks import complete_masks
 from benchmark.audit.probes import probe_rows
@@ -20,11 +22,13 @@ from benchmark.data.decode import DecodeCache
 def audit_tables(model, classes: list[str], records: list, images: np.ndarray, masks: np.ndarray,
                  has_mask: np.ndarray, labels: np.ndarray, probs: np.ndarray, device: torch.device,
                  opts: AuditConfig, *, split: str, seed: int, cache_dir: str | None = None,
-                 mask_sources: list[str] | None = None) -> dict[str, pd.DataFrame]:
-    """{cams, faithfulness, probes} DataFrames for these images (already at the model's input size).
+                 mask_sources: list[str] | None = None, timings: dict[str, float] | None = None
+                 ) -> dict[str, pd.DataFrame]:
+    """{cams, cam_skips, faithfulness, probes} DataFrames for these images (at the model's input size).
 
     `mask_sources` overrides the records' own where the caller already completed the masks (a
-    lungs-only run predicts them before training); by default they come from the records."""
+    lungs-only run predicts them before training); by default they come from the records.
+    `timings`, when given, receives the seconds spent on cam, faithfulness and probe rows."""
     if len(records) == 0:
         return {}
     sources = mask_sources if mask_sources is not None else [r.mask_source for r in records]
@@ -33,17 +37,25 @@ def audit_tables(model, classes: list[str], records: list, images: np.ndarray, m
     preds = probs.argmax(1)
     patients = [r.patient_id for r in records]
     tables: dict[str, pd.DataFrame] = {}
+    timings = {} if timings is None else timings
+    clock = time.perf_counter()
     if opts.cam_methods:
+        _, skipped = method_applicability(model, opts.cam_methods)
+        tables["cam_skips"] = pd.DataFrame([{"split": split, "method": m, "reason": why} for m, why in skipped],
+                                           columns=["split", "method", "reason"])
         markers = None
         if any(r.marker_mask_path for r in records):
             cache = DecodeCache(cache_dir)
             markers, _ = cache.load_masks(records, images.shape[-1], field="marker_mask_path")
         tables["cams"] = cam_rows(model, images, masks, mask_sources, preds, labels, [r.image_id for r in records],
                                   classes, opts.cam_methods, device, split=split, marker_masks=markers)
+        timings["cam"], clock = time.perf_counter() - clock, time.perf_counter()
         if opts.faithfulness_sample:
             tables["faithfulness"] = faithfulness_rows(model, images, preds, patients, opts.cam_methods, device,
                                                        sample=opts.faithfulness_sample, seed=seed)
+            timings["faithfulness"], clock = time.perf_counter() - clock, time.perf_counter()
     if opts.probes:
         tables["probes"] = probe_rows(model, images, masks, labels, patients, classes, device, seed=seed,
                                       n_boot=opts.n_boot, mask_sources=mask_sources, probs=probs)
+        timings["probe"] = time.perf_counter() - clock
     return tables

@@ -20,6 +20,7 @@ COMMANDS = {
     ("evaluate", None): "evaluate:cmd_evaluate",
     ("lungs", "train"): "lungs:cmd_lungs_train",
     ("lungs", "predict"): "lungs:cmd_lungs_predict",
+    ("report", None): "report:cmd_report",
 }
 
 

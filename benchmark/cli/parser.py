@@ -7,6 +7,7 @@ from benchmark import paths
 from benchmark.cli.options import add_config_args
 from benchmark.config import AuditConfig, DataConfig, TrainConfig
 from benchmark.lungseg.pipeline import LungTrainConfig
+from benchmark.pipeline.experiment import shipped_experiments
 from benchmark.pipeline.spec import JobSpec
 
 DB_HELP = f"results database (default ${paths.ENV_RESULTS_DB} or {paths.DEFAULT_RESULTS_DB})"
@@ -19,14 +20,27 @@ def _models_help() -> str:
     return f"comma list of models ({', '.join(list_models())}) or a roster: {rosters} (default: default)"
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or a comma list of integers, got {text!r}") from None
+
+
 def _add_run(sub) -> None:
     run = sub.add_parser("run", help="train and evaluate model x dataset pairs into the results DB",
                          description="Train and evaluate every (model, dataset) pair asked for; pairs "
                                      "already done in the DB are skipped. With no arguments: the phantom "
                                      "with the default roster (shallow, resnet18), CPU-friendly.")
+    run.add_argument("--experiment", default=None,
+                     help=f"run an experiment: a shipped one ({', '.join(shipped_experiments())}) or a TOML file; "
+                          "it sets datasets, models, seeds and the configs (--data-root, --cache-dir, --device, "
+                          "--db, --checkpoint-dir still apply)")
     add_config_args(run, DataConfig)
     run.add_argument("--models", default="default", help=_models_help())
-    add_config_args(run, TrainConfig)
+    add_config_args(run, TrainConfig, exclude=["seed"])
+    run.add_argument("--seed", dest="seeds", type=_int_list, default=[TrainConfig.seed],
+                     help=f"training seed, or a comma list for one run per seed (default {TrainConfig.seed})")
     add_config_args(run, AuditConfig)
     run.add_argument("--db", default=None, help=DB_HELP)
     add_config_args(run, JobSpec)
@@ -85,12 +99,23 @@ def _add_lungs(sub) -> None:
     add_config_args(lp, AuditConfig, include=["segmenter"])
 
 
+def _add_report(sub) -> None:
+    rep = sub.add_parser("report", help="write the replication report (self-contained HTML, or Markdown + PNGs)",
+                         description="The study's table beside the audit, figures, data provenance and the run "
+                                     "id behind each number, from a results DB.")
+    rep.add_argument("--db", default=None, help=DB_HELP)
+    rep.add_argument("--out", default="report.html", help="output file (default report.html)")
+    rep.add_argument("--format", choices=("html", "md"), default=None,
+                     help="html (one file, figures embedded, works offline) or md (Markdown with PNG figures "
+                          "beside it); default: from --out's suffix, else html")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-audit", description="Shortcut-learning audit of chest X-ray "
                                      "classifiers: python -m benchmark {run,data,cams,evaluate,lungs} (--help "
                                      "everywhere).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_data, _add_cams, _add_evaluate, _add_lungs):
+    for add in (_add_run, _add_data, _add_cams, _add_evaluate, _add_lungs, _add_report):
         add(sub)
     return parser

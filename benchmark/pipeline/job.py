@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,9 @@ def run_job(spec: JobSpec, dataset: Dataset | None = None) -> RunBundle:
     started = dt.datetime.now()
     device = resolve_device(spec.device)
     dataset = dataset if dataset is not None else load_job_dataset(spec)
+    clock = time.perf_counter()
     data = prepare_images(spec, dataset, device)
+    seconds = {"decode": time.perf_counter() - clock}
     # only train and val go to the device; scoring and the audit batch the test images themselves
     tensors = {split: (torch.from_numpy(data.images[data.index[split]]).to(device),
                        torch.from_numpy(data.labels[data.index[split]]).to(device)) for split in ("train", "val")}
@@ -124,7 +127,9 @@ def run_job(spec: JobSpec, dataset: Dataset | None = None) -> RunBundle:
                          weights_dir=Path(spec.train.weights_dir) if spec.train.weights_dir else None)
     result = fit(model, *tensors["train"], *tensors["val"], len(dataset.classes), spec.train, device,
                  desc=f"{spec.model}@{dataset.name}", progress=spec.progress)
+    clock = time.perf_counter()
     metric_rows, pred_rows, test_probs = score_splits(model, data, dataset.classes, spec, device)
+    seconds["eval"] = time.perf_counter() - clock
 
     headline = {m["metric"]: m["value"] for m in metric_rows if m["split"] == "test" and not m["class_name"]}
     commit = git_commit()
@@ -151,7 +156,9 @@ def run_job(spec: JobSpec, dataset: Dataset | None = None) -> RunBundle:
     tables.update(audit_tables(model, dataset.classes, [data.records[i] for i in test], data.images[test],
                                data.masks[test], data.has_mask[test], data.labels[test], test_probs, device,
                                audit_config(spec), split="test", seed=spec.train.seed,
-                               cache_dir=spec.data.cache_dir, mask_sources=[data.mask_sources[i] for i in test]))
+                               cache_dir=spec.data.cache_dir, mask_sources=[data.mask_sources[i] for i in test],
+                               timings=seconds))
+    run.update({f"{phase}_seconds": s for phase, s in seconds.items()})
     return RunBundle(run=run, tables=tables, images=images_frame(data.readable),
                      rejected=rejected_frame(data.rejected, dataset.name),
                      segmenter=segmenter_row(spec.audit.segmenter) if _used_predicted_masks(tables) else None)

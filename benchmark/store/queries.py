@@ -7,11 +7,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from benchmark.store.schema import columns
+from benchmark.store.schema import PHASES, columns
 
 
 def done_run_ids(con) -> set[str]:
     return {r[0] for r in con.execute("SELECT run_id FROM runs WHERE status = 'done'").fetchall()}
+
+
+def external_done(con) -> set[tuple[str, str]]:
+    """(run_id, 'external:<dataset>') of every external validation already stored."""
+    return {(r[0], r[1]) for r in con.execute(
+        "SELECT DISTINCT run_id, split FROM metrics WHERE split LIKE 'external:%'").fetchall()}
 
 
 def runs(con, status: str | None = None) -> pd.DataFrame:
@@ -50,7 +56,7 @@ def summary(con, split: str = "test") -> pd.DataFrame:
     """One row per done run: headline metrics with CIs (the CLI's end table, the leaderboard's base)."""
     return con.execute(
         """
-        SELECT r.run_id, r.dataset, r.model, r.pretrained, r.lungs_only, r.epochs_run, r.device,
+        SELECT r.run_id, r.dataset, r.model, r.pretrained, r.lungs_only, r.seed, r.epochs_run, r.device,
                r.n_test,
                max(CASE WHEN m.metric = 'accuracy' THEN m.value END) AS accuracy,
                max(CASE WHEN m.metric = 'accuracy' THEN m.ci_low END) AS accuracy_ci_low,
@@ -259,3 +265,91 @@ def db_overview(con) -> dict:
                   (SELECT max(finished_at) FROM runs WHERE status = 'done')""").fetchone()
     return {"done_runs": row[0], "other_runs": row[1], "images": row[2], "cams": row[3],
             "last_finished": row[4]}
+
+
+# ----------------------------------------------------------------------------- report reads
+# The replication report (benchmark/report/) and the leaderboard's seed groups and phase costs.
+# Like the dashboard reads, only done runs; a results file written before a column or table
+# existed still opens (the read-only reader cannot add them), and the missing values are NULL.
+
+def _has_table(con, table: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchone()[0])
+
+
+def run_details(con) -> pd.DataFrame:
+    """One row per done run: what makes it a run (seed-group keys, seed), its classes, and its cost
+    per phase (`<phase>_seconds` for schema.PHASES, NULL where the run did not record it)."""
+    have = set(columns(con, "runs"))
+    phases = ", ".join(f"{col}" if col in have else f"NULL::DOUBLE AS {col}"
+                       for col in [f"{p}_seconds" for p in PHASES] + ["train_images_per_s"])
+    return con.execute(
+        f"""
+        SELECT run_id, dataset, model, pretrained, coalesce(lungs_only, FALSE) AS lungs_only, image_size, epochs,
+               seed, epochs_run, best_epoch, device, n_train, n_val, n_test, classes_json, git_commit,
+               started_at, finished_at, {phases}
+        FROM runs WHERE status = 'done' ORDER BY dataset, model, seed, run_id
+        """).df()
+
+
+def scored_predictions(con, split: str = "test") -> pd.DataFrame:
+    """Every done run's `split` predictions with the image's patient (ROC curves, bootstrapped by patient)."""
+    return con.execute(
+        """
+        SELECT p.run_id, p.image_id, p.label, p.pred, p.probs, i.patient_id
+        FROM predictions p JOIN runs r ON r.run_id = p.run_id
+        LEFT JOIN images i ON i.image_id = p.image_id
+        WHERE r.status = 'done' AND p.split = ?
+        ORDER BY p.run_id, p.image_id
+        """, [split]).df()
+
+
+def lung_focus_by_class(con, split: str = "test", target_kind: str = "pred") -> pd.DataFrame:
+    """Mean lung mass and pointing game per (done run, CAM method, true class of the image)."""
+    return con.execute(
+        """
+        SELECT c.run_id, c.method, i.label AS class_name, count(c.lung_mass) AS n_scored,
+               avg(c.lung_mass) AS lung_mass,
+               avg(CASE WHEN c.pointing_hit THEN 1.0 WHEN NOT c.pointing_hit THEN 0.0 END) AS pointing_game
+        FROM cams c JOIN runs r ON r.run_id = c.run_id JOIN images i ON i.image_id = c.image_id
+        WHERE r.status = 'done' AND c.split = ? AND c.target_kind = ?
+        GROUP BY ALL ORDER BY c.run_id, c.method, class_name
+        """, [split, target_kind]).df()
+
+
+def image_counts(con) -> pd.DataFrame:
+    """Images per (dataset, source, split, class), and how many have a lung mask from where."""
+    return con.execute(
+        """
+        SELECT dataset, coalesce(source, '') AS source, coalesce(split, '') AS split, label,
+               count(*) AS n_images, count(nullif(mask_path, '')) AS n_masks,
+               string_agg(DISTINCT nullif(mask_source, ''), ', ' ORDER BY nullif(mask_source, '')) AS mask_sources
+        FROM images GROUP BY ALL ORDER BY dataset, source, label, split
+        """).df()
+
+
+def rejected_summary(con) -> pd.DataFrame:
+    """Unreadable files per (dataset, source, reason), with one example path."""
+    return con.execute(
+        """
+        SELECT coalesce(dataset, '') AS dataset, coalesce(source, '') AS source, reason, count(*) AS n_files,
+               min(path) AS example
+        FROM rejected_images GROUP BY ALL ORDER BY dataset, source, n_files DESC, reason
+        """).df()
+
+
+def cam_skips(con) -> pd.DataFrame:
+    """CAM methods asked for but not run, per done run and split, with the reason."""
+    cols = ["run_id", "dataset", "model", "split", "method", "reason"]
+    if not _has_table(con, "cam_skips"):
+        return pd.DataFrame(columns=cols)
+    return con.execute(
+        """
+        SELECT s.run_id, r.dataset, r.model, s.split, s.method, s.reason
+        FROM cam_skips s JOIN runs r ON r.run_id = s.run_id
+        WHERE r.status = 'done' ORDER BY r.dataset, r.model, s.run_id, s.split, s.method
+        """).df()
+
+
+def segmenters(con) -> pd.DataFrame:
+    """The lung segmenters whose masks runs used (for the report's provenance)."""
+    return con.execute("SELECT * FROM lung_segmenters ORDER BY created_at").df()

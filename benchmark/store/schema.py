@@ -31,7 +31,10 @@ TABLES: dict[str, str] = {
             train_seconds DOUBLE,
             train_images_per_s DOUBLE,
             n_train INTEGER, n_val INTEGER, n_test INTEGER,
-            error VARCHAR
+            error VARCHAR,
+            -- wall seconds per phase (training: train_seconds above); store: writing the rows
+            decode_seconds DOUBLE, eval_seconds DOUBLE, cam_seconds DOUBLE,
+            faithfulness_seconds DOUBLE, probe_seconds DOUBLE, store_seconds DOUBLE
         )""",
     "images": """
         CREATE TABLE IF NOT EXISTS images (
@@ -82,6 +85,10 @@ TABLES: dict[str, str] = {
             run_id VARCHAR, method VARCHAR, metric VARCHAR,
             value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n_images INTEGER
         )""",
+    "cam_skips": """
+        CREATE TABLE IF NOT EXISTS cam_skips (
+            run_id VARCHAR, split VARCHAR, method VARCHAR, reason VARCHAR  -- a method asked for but not run
+        )""",
     "lung_segmenters": """
         CREATE TABLE IF NOT EXISTS lung_segmenters (
             checkpoint_path VARCHAR, created_at TIMESTAMP, image_size INTEGER,
@@ -93,13 +100,15 @@ TABLES: dict[str, str] = {
 }
 
 # Tables whose rows belong to one run: deleted together when a run is replaced.
-RUN_TABLES = ("predictions", "metrics", "cams", "probes", "faithfulness")
+RUN_TABLES = ("predictions", "metrics", "cams", "probes", "faithfulness", "cam_skips")
+PHASES = ("decode", "train", "eval", "cam", "faithfulness", "probe", "store")  # runs.<phase>_seconds
 
 
 # Columns added after a table first shipped: older result files get them on open (add, never rename).
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("cams", "marker_mass", "DOUBLE"),
     ("cams", "lung_mass_ceiling", "DOUBLE"),
+    *[("runs", f"{phase}_seconds", "DOUBLE") for phase in ("decode", "eval", "cam", "faithfulness", "probe", "store")],
 ]
 
 

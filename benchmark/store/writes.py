@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,10 +81,10 @@ def write_run(db_path: str | Path, bundle: RunBundle) -> None:
     run = dict(bundle.run)
     run_id = run["run_id"]
     run.setdefault("finished_at", dt.datetime.now())
+    started = time.perf_counter()
     with transaction(db_path) as con:
         _delete_run_rows(con, run_id)
         _insert_images(con, bundle.images, bundle.rejected)
-        _insert_df(con, "runs", pd.DataFrame([run]))
         if bundle.segmenter and not con.execute("SELECT 1 FROM lung_segmenters WHERE checkpoint_path = ?",
                                                 [bundle.segmenter["checkpoint_path"]]).fetchone():
             _insert_df(con, "lung_segmenters", pd.DataFrame([bundle.segmenter]))
@@ -92,6 +93,8 @@ def write_run(db_path: str | Path, bundle: RunBundle) -> None:
                 raise ValueError(f"{table} is not a per-run table; choose from {schema.RUN_TABLES}")
             if df is not None and not df.empty:
                 _insert_df(con, table, df.assign(run_id=run_id))
+        run["store_seconds"] = time.perf_counter() - started  # the runs row last, so it can say this
+        _insert_df(con, "runs", pd.DataFrame([run]))
     log.info("stored run %s (%s)", run_id, run.get("status"))
 
 

@@ -1,0 +1,123 @@
+"""Experiments as data: a TOML file naming datasets, models, seeds, the three configs and the
+external-validation pairs; `specs()` turns it into the grid's JobSpecs.
+
+Shipped experiments live in benchmark/configs/experiments/ (`paper`, `paper-cpu`); any path works
+too. The file's [data], [train] and [audit] tables take the fields of DataConfig, TrainConfig and
+AuditConfig (benchmark/config.py), so an experiment can set anything the CLI can.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark import paths
+from benchmark.config import AuditConfig, DataConfig, TrainConfig
+from benchmark.errors import BenchmarkError, UnknownNameError
+from benchmark.models import resolve_models
+from benchmark.pipeline.spec import JobSpec
+
+EXPERIMENTS_DIR = "experiments"
+_TOP_KEYS = {"description", "datasets", "models", "seeds", "lungs_only_controls", "external", "data", "train",
+             "audit"}
+_PARTS = {"data": DataConfig, "train": TrainConfig, "audit": AuditConfig}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A grid: datasets x models x seeds (x lungs-only controls), plus which checkpoints are scored
+    on which other datasets. `external` is "auto" (every other dataset of the experiment that
+    shares at least two classes), "none", or explicit (train dataset, test dataset) pairs."""
+
+    name: str
+    datasets: tuple[str, ...]
+    models: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    description: str = ""
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    audit: AuditConfig = AuditConfig()
+    lungs_only_controls: bool = False
+    external: str | tuple[tuple[str, str], ...] = "auto"
+
+    def specs(self, **top: Any) -> list[JobSpec]:
+        """Every job of the grid; `top` sets JobSpec's own fields (device, checkpoint_dir, progress)."""
+        out = []
+        for dataset in self.datasets:
+            for lungs_only in (False, True) if self.lungs_only_controls else (self.data.lungs_only,):
+                data = dataclasses.replace(self.data, name=dataset, lungs_only=lungs_only)
+                for seed in self.seeds:
+                    train = dataclasses.replace(self.train, seed=seed)
+                    out += [JobSpec.for_model(m, data, train=train, audit=self.audit, **top) for m in self.models]
+        return out
+
+    def external_pairs(self, classes: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """(train dataset, test dataset) pairs to score; `classes` maps each dataset to its classes."""
+        if self.external == "none":
+            return []
+        if self.external == "auto":
+            return [(a, b) for a in self.datasets for b in self.datasets
+                    if a != b and len(set(classes[a]) & set(classes[b])) >= 2]
+        return [tuple(p) for p in self.external]
+
+    def with_overrides(self, *, data_root: str | None = None, cache_dir: str | None = None) -> Experiment:
+        """Where the data is is the machine's business, not the experiment's."""
+        data = dataclasses.replace(self.data, data_root=data_root or self.data.data_root,
+                                   cache_dir=cache_dir or self.data.cache_dir)
+        return dataclasses.replace(self, data=data)
+
+
+def shipped_experiments() -> list[str]:
+    folder = paths.config_file(EXPERIMENTS_DIR)
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_experiment(name_or_path: str) -> Experiment:
+    """A shipped experiment by name, or a TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise BenchmarkError(f"experiment file {path} not found")
+        text, name = path.read_text(), path.stem
+    else:
+        entry = paths.config_file(EXPERIMENTS_DIR) / f"{name_or_path}.toml"
+        if not entry.is_file():
+            raise UnknownNameError("experiment (shipped name or .toml path)", name_or_path, shipped_experiments())
+        text, name = entry.read_text(), name_or_path
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchmarkError(f"experiment {name_or_path}: not valid TOML ({exc})") from None
+    return experiment_from_table(name, table)
+
+
+def experiment_from_table(name: str, table: dict[str, Any]) -> Experiment:
+    unknown = set(table) - _TOP_KEYS
+    if unknown:
+        raise BenchmarkError(f"experiment {name}: unknown keys {sorted(unknown)}; valid: {sorted(_TOP_KEYS)}")
+    for key in ("datasets", "models"):
+        if not table.get(key):
+            raise BenchmarkError(f"experiment {name}: '{key}' must list at least one entry")
+    parts = {}
+    for part, cls in _PARTS.items():
+        values = dict(table.get(part, {}))
+        fields = {f.name for f in dataclasses.fields(cls)} - {"name", "lungs_only", "seed"}
+        bad = set(values) - fields
+        if bad:
+            raise BenchmarkError(f"experiment {name}: [{part}] has unknown keys {sorted(bad)}; valid: {sorted(fields)}")
+        if part == "audit" and "cam_methods" in values:
+            from benchmark.cams.names import parse_cam_methods
+            values["cam_methods"] = parse_cam_methods(",".join(values["cam_methods"]))
+        parts[part] = cls(**values)
+    models = tuple(m for item in table["models"] for m in resolve_models(item))
+    external = table.get("external", "auto")
+    if isinstance(external, list):
+        external = tuple((p["train"], p["test"]) for p in external)
+    elif external not in ("auto", "none"):
+        raise BenchmarkError(f"experiment {name}: external must be 'auto', 'none' or a list of "
+                             "{train = ..., test = ...} tables")
+    return Experiment(name=name, datasets=tuple(table["datasets"]), models=tuple(dict.fromkeys(models)),
+                      seeds=tuple(int(s) for s in table.get("seeds", [0])), description=table.get("description", ""),
+                      lungs_only_controls=bool(table.get("lungs_only_controls", False)), external=external, **parts)
