@@ -104,6 +104,25 @@ def query(name: str, *args, stop_when_busy: bool = True):
 def clear() -> None:
     _cached_query.clear()
     _lung_share.clear()
+    _report_html.clear()
+
+
+@st.cache_data(ttl=QUERY_TTL_S, max_entries=2, show_spinner=False)
+def _report_html(db: str, stamp: tuple) -> bytes:
+    from benchmark.report.build import build_report
+    from benchmark.report.html import render
+
+    return render(build_report(db)).encode("utf-8")
+
+
+def report_html(db: str, stamp: tuple | None) -> bytes:
+    """The replication report of `db` as one self-contained HTML file, built in memory.
+
+    Keyed by the DB file's stamp like every query: built once per state of the results (it draws
+    figures for seconds), rebuilt when a run commits. Called by the download button when it is
+    clicked, so an unchanged page never pays for it.
+    """
+    return _report_html(db, stamp)
 
 
 @st.cache_data(ttl=3600, max_entries=64, show_spinner=False)

@@ -1,7 +1,8 @@
 """Pictures of the audit: CAM overlays with lung contours, and the plotly figures.
 
 No streamlit here, so every picture can be tested as an array or a figure. Colormaps come from
-plotly's colour scales (a pinned dependency) rather than matplotlib (only a transitive one).
+plotly's colour scales, so the dashboard's pages never import matplotlib (the report's drawing
+library, benchmark/report/figures.py).
 """
 from __future__ import annotations
 

@@ -10,18 +10,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-MEAN_OVER_CLASSES = "mean over classes"
-# Which CAM method a page shows first: the audit's own default for lung focus (fine enough to
-# tell a lung-reading model from a shortcut one on the phantom), else the paper's Grad-CAM.
-PREFERRED_METHODS = ("hirescam@stride16", "gradcam")
+# The leaderboard's composition is shared with the replication report, so it lives in
+# benchmark.report.board; the pages keep reaching it through this module.
+from benchmark.report.board import (  # noqa: F401
+    MEAN_OVER_CLASSES,
+    PREFERRED_METHODS,
+    ci_text,
+    leaderboard,
+    preferred_method_index,
+    probe_summary,
+    probe_table,
+)
+from benchmark.report.measures import phase_costs  # noqa: F401
+from benchmark.report.seeds import aggregate, seed_groups, several_seeds  # noqa: F401
+from benchmark.store.schema import PHASES  # noqa: F401
 
-
-def preferred_method_index(methods: list[str]) -> int:
-    """Index of the first preferred method present in `methods` (0 when none is)."""
-    for name in PREFERRED_METHODS:
-        if name in methods:
-            return methods.index(name)
-    return 0
 #: leaderboard sort choices -> (column, ascending)
 SORT_KEYS = {
     "accuracy (high first)": ("accuracy", False),
@@ -35,128 +38,20 @@ SORT_KEYS = {
 }
 
 
-def ci_text(low, high, digits: int = 2) -> str:
-    if low is None or high is None or pd.isna(low) or pd.isna(high):
-        return ""
-    return f"[{low:.{digits}f}, {high:.{digits}f}]"
-
-
 def class_choices(class_metrics: pd.DataFrame) -> list[str]:
     return sorted(class_metrics["class_name"].dropna().unique()) if not class_metrics.empty else []
 
 
-def _per_class(class_metrics: pd.DataFrame, class_choice: str) -> pd.DataFrame:
-    """run_id x {sensitivity, specificity, auc} value and CI for one class, or means over classes."""
-    out = pd.DataFrame(columns=["run_id"])
-    if class_metrics.empty:
-        return out
-    cm = class_metrics[class_metrics.metric.isin(["sensitivity", "specificity", "auc"])]
-    if class_choice == MEAN_OVER_CLASSES:
-        # a mean of per-class CIs is not a CI, so the mean comes without one
-        wide = cm.pivot_table(index="run_id", columns="metric", values="value", aggfunc="mean")
-        wide = wide.rename(columns={"auc": "_class_auc"})
-        return wide.reset_index()
-    one = cm[cm.class_name == class_choice]
-    wide = one.pivot_table(index="run_id", columns="metric", values=["value", "ci_low", "ci_high"], aggfunc="first")
-    wide.columns = [m if v == "value" else f"{m}_{v}" for v, m in wide.columns]
-    return wide.rename(columns=lambda c: c.replace("auc", "_class_auc") if c.startswith("auc") else c).reset_index()
+#: leaderboard columns whose spread over a seed group is shown (as `<col>_sd`)
+SEED_SPREAD = ("accuracy", "auc", "sensitivity", "specificity", "lung_mass", "lung_focus_score", "pointing_game",
+               "lungs_removed_acc", "lungs_removed_drop", "external_drop")
 
 
-def leaderboard(summary: pd.DataFrame, class_metrics: pd.DataFrame, focus: pd.DataFrame,
-                probes: pd.DataFrame, method: str | None, class_choice: str = MEAN_OVER_CLASSES,
-                baselines: dict[str, float | None] | None = None) -> pd.DataFrame:
-    """One row per done run: accuracy, sensitivity, specificity, AUC with CIs, lung focus of
-    `method`'s maps, the lungs-removed probe and the worst external-validation drop.
-
-    With a class chosen, sensitivity/specificity/AUC are that class's (one-vs-rest, with CIs);
-    with `MEAN_OVER_CLASSES` they are means over classes and AUC is the stored macro AUC.
-    """
-    board = summary.copy()
-    if board.empty:
-        return board
-    per_class = _per_class(class_metrics, class_choice)
-    board = board.merge(per_class, on="run_id", how="left") if not per_class.empty else board
-    for col in ("sensitivity", "specificity"):
-        for suffix in ("", "_ci_low", "_ci_high"):
-            if col + suffix not in board:
-                board[col + suffix] = np.nan
-    if class_choice == MEAN_OVER_CLASSES:
-        board["auc"], board["auc_ci_low"], board["auc_ci_high"] = (
-            board["macro_auc"], board["macro_auc_ci_low"], board["macro_auc_ci_high"])
-    else:
-        for suffix in ("", "_ci_low", "_ci_high"):
-            board["auc" + suffix] = board.get("_class_auc" + suffix, np.nan)
-    board = board.drop(columns=[c for c in board.columns if c.startswith("_class_auc")])
-
-    f = focus[focus.method == method] if method is not None and not focus.empty else focus.iloc[0:0]
-    focus_cols = ["run_id", "lung_mass", "pointing_game", "lung_iou", "marker_mass", "lung_mass_ceiling",
-                  "n_cams", "n_scored"]
-    f = f.reindex(columns=focus_cols) if not f.empty else pd.DataFrame(columns=focus_cols)
-    board = board.merge(f, on="run_id", how="left")
-    base = board["dataset"].map(lambda d: (baselines or {}).get(d))
-    board["uniform_baseline"] = pd.to_numeric(base, errors="coerce")
-    board["lung_mass_vs_uniform"] = board["lung_mass"] / board["uniform_baseline"]
-    board["shortcut_gap"] = board["accuracy"] - board["lung_mass"]
-    # 0 = no better than a uniform map, 1 = as lung-focused as a map of this resolution can be
-    span = board["lung_mass_ceiling"] - board["uniform_baseline"]
-    board["lung_focus_score"] = ((board["lung_mass"] - board["uniform_baseline"]) / span).where(span > 0.05)
-    return board.merge(probe_summary(probes, summary), on="run_id", how="left")
-
-
-def _reference_accuracy(p: pd.DataFrame, test_accuracy: float | None) -> float | None:
-    """What a lungs probe is compared with: the 'intact' probe (same images, those with a mask)
-    when stored, else the run's test accuracy."""
-    intact = p[p.probe == "intact"]
-    return float(intact.iloc[0].value) if not intact.empty else test_accuracy
-
-
-def probe_summary(probes: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
-    """Per run: lungs-removed and lungs-only accuracy, the lungs-removed drop, the worst external drop."""
-    cols = ["run_id", "lungs_removed_acc", "lungs_removed_ci", "lungs_removed_drop", "lungs_only_acc",
-            "external_acc", "external_drop", "external_dataset"]
-    if probes.empty:
-        return pd.DataFrame(columns=cols)
-    acc = summary.set_index("run_id")["accuracy"]
-    rows = []
-    for run_id, p in probes[probes.metric == "accuracy"].groupby("run_id"):
-        row = {"run_id": run_id}
-        test_acc = float(acc[run_id]) if run_id in acc.index and pd.notna(acc[run_id]) else None
-        reference = _reference_accuracy(p, test_acc)
-        removed = p[p.probe == "lungs_removed"]
-        if not removed.empty:
-            r = removed.iloc[0]
-            row["lungs_removed_acc"], row["lungs_removed_ci"] = r.value, ci_text(r.ci_low, r.ci_high)
-            row["lungs_removed_drop"] = None if reference is None else reference - r.value
-        only = p[p.probe == "lungs_only"]
-        if not only.empty:
-            row["lungs_only_acc"] = only.iloc[0].value
-        ext = p[p.probe.str.startswith("external:")]
-        if not ext.empty and test_acc is not None:
-            worst = ext.loc[ext.value.idxmin()]
-            row["external_acc"] = worst.value
-            row["external_drop"] = test_acc - worst.value
-            row["external_dataset"] = worst.probe.split(":", 1)[1]
-        rows.append(row)
-    return pd.DataFrame(rows, columns=cols)
-
-
-def probe_table(probes: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
-    """Long table of every probe with its CI and its change from the reference accuracy: the
-    'intact' probe for lungs_removed / lungs_only, the run's test accuracy for external sets."""
-    cols = ["dataset", "model", "probe", "accuracy", "95% CI", "reference", "change"]
-    if probes.empty:
-        return pd.DataFrame(columns=cols)
-    acc = summary.set_index("run_id")["accuracy"]
-    out = []
-    for run_id, p in probes[probes.metric == "accuracy"].groupby("run_id", sort=False):
-        test_acc = float(acc[run_id]) if run_id in acc.index and pd.notna(acc[run_id]) else None
-        intact_ref = _reference_accuracy(p, test_acc)
-        for r in p.itertuples(index=False):
-            ref = None if r.probe == "intact" else (test_acc if r.probe.startswith("external:") else intact_ref)
-            out.append({"dataset": r.dataset, "model": r.model, "probe": r.probe, "accuracy": r.value,
-                        "95% CI": ci_text(r.ci_low, r.ci_high), "reference": ref,
-                        "change": None if ref is None else r.value - ref})
-    return pd.DataFrame(out, columns=cols)
+def seed_board(board: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard with one row per seed group: means over seeds, `<col>_sd` for SEED_SPREAD,
+    `n_seeds`, `seeds`, and CI bounds that are the mean of the per-seed bounds. `run_id` lists the
+    group's runs. Text built per run (the lungs-removed CI) has no meaning for a group and is dropped."""
+    return aggregate(board.drop(columns=["lungs_removed_ci"], errors="ignore"), groups, spread=SEED_SPREAD)
 
 
 def sort_board(board: pd.DataFrame, sort_label: str) -> pd.DataFrame:

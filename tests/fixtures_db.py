@@ -56,6 +56,10 @@ class FakeResultsSpec:
     with_failed_run: bool = True
     with_probes: bool = True
     compute_focus: bool = True  # lung_mass from the map and mask (slow for 100k maps)
+    # Training seeds per (dataset, model): empty = one run `<dataset>-<model>` with seed `seed`;
+    # otherwise one run `<dataset>-<model>-s<seed>` per seed (a seed group).
+    seeds: tuple[int, ...] = ()
+    with_phases: bool = True  # runs.<phase>_seconds filled (older result files have them NULL)
 
 
 def lung_mask(size: int) -> np.ndarray:
@@ -187,15 +191,62 @@ def _cams(spec, images: pd.DataFrame, preds: pd.DataFrame, on_lungs: bool, rng) 
     return pd.concat(frames, ignore_index=True)
 
 
-def _probes(accuracy: float, on_lungs: bool, other: str | None, k: int) -> pd.DataFrame:
+def _probes(accuracy: float, on_lungs: bool, other: str | None, k: int, n_test: int) -> pd.DataFrame:
     chance = 1.0 / k
     removed = chance + 0.03 if on_lungs else accuracy - 0.02
     only = accuracy - 0.05 if on_lungs else chance + 0.1
-    rows = [("intact", accuracy), ("lungs_removed", removed), ("lungs_only", only)]
-    if other:
-        rows.append((f"external:{other}", accuracy - (0.05 if on_lungs else 0.4)))
+    rows = [("intact", accuracy, ""), ("lungs_removed", removed, ""), ("lungs_only", only, "")]
+    if other:  # the detail `evaluate` stores beside an external accuracy
+        rows.append((f"external:{other}", accuracy - (0.05 if on_lungs else 0.4),
+                     json.dumps({"n_images": n_test, "n_left_out_seen": 1, "internal_test_accuracy": accuracy})))
     return pd.DataFrame([{"probe": p, "metric": "accuracy", "value": v, "ci_low": max(0, v - 0.1),
-                          "ci_high": min(1, v + 0.1), "detail": ""} for p, v in rows])
+                          "ci_high": min(1, v + 0.1), "detail": d} for p, v, d in rows])
+
+
+def phase_seconds(m_index: int, seed: int) -> dict[str, float]:
+    """Invented but fixed cost per phase of a run (store_seconds is measured by write_run itself)."""
+    base = 1.0 + m_index
+    return {"decode_seconds": 0.5 * base, "train_seconds": 10.0 * base + seed, "eval_seconds": 0.25 * base,
+            "cam_seconds": 2.0 * base, "faithfulness_seconds": 4.0 * base, "probe_seconds": 1.0 * base,
+            "train_images_per_s": 100.0 / base}
+
+
+@dataclass(frozen=True)
+class _Data:
+    """One generated dataset: its images, the test rows, their class indices, the external set."""
+
+    name: str
+    images: pd.DataFrame
+    test: pd.DataFrame
+    labels: np.ndarray
+    other: str | None
+
+
+def _write_model_run(db: Path, spec: FakeResultsSpec, folder: Path, data: _Data, m_index: int, model: str,
+                     seed: int, run_id: str, rng) -> None:
+    """One done run of `model`: predictions, metrics, CAMs, probes, in one transaction."""
+    dataset, images, test, labels, other = data.name, data.images, data.test, data.labels, data.other
+    k = len(spec.classes)
+    accuracy, on_lungs = MODEL_BEHAVIOUR.get(model, (0.8, bool(m_index % 2)))
+    if "clean" in dataset and not on_lungs:
+        accuracy -= 0.2  # no marker to exploit on a clean dataset
+    preds = _predictions(labels, spec.classes, accuracy, rng)
+    preds.insert(0, "image_id", test.image_id)
+    preds.insert(1, "split", "test")
+    tables = {"predictions": preds, "metrics": _metrics(preds, spec.classes, rng),
+              "cams": _cams(spec, test, preds, on_lungs, rng)}
+    if spec.with_probes:
+        tables["probes"] = _probes(float((preds.label == preds.pred).mean()), on_lungs, other, k, spec.n_test)
+    run = {"run_id": run_id, "model": model, "dataset": dataset, "pretrained": m_index % 2 == 1,
+           "epochs": 3, "epochs_run": 3, "device": "cpu", "status": "done",
+           "started_at": dt.datetime(2026, 1, 1), "finished_at": dt.datetime(2026, 1, 1, 0, 5),
+           "image_size": spec.image_size, "classes_json": json.dumps(list(spec.classes)),
+           "n_train": spec.n_train, "n_val": 0, "n_test": spec.n_test, "seed": seed,
+           "config_json": json.dumps(dataclasses.asdict(spec))}
+    if spec.with_phases:
+        run.update(phase_seconds(m_index, seed))
+    write_run(db, RunBundle(run=run, tables=tables, images=images, rejected=pd.DataFrame(
+        [{"path": str(folder / "bad.png"), "source": "cohen", "reason": "empty file", "dataset": dataset}])))
 
 
 def build_results_db(folder: str | Path, spec: FakeResultsSpec = FakeResultsSpec()) -> Path:
@@ -204,32 +255,16 @@ def build_results_db(folder: str | Path, spec: FakeResultsSpec = FakeResultsSpec
     folder.mkdir(parents=True, exist_ok=True)
     db = folder / "results.duckdb"
     rng = np.random.default_rng(spec.seed)
-    k = len(spec.classes)
     for d_index, dataset in enumerate(spec.datasets):
         images = _images(spec, dataset, folder, rng)
         test = images[images.split == "test"].reset_index(drop=True)
         labels = np.array([spec.classes.index(c) for c in test.label])
         other = spec.datasets[(d_index + 1) % len(spec.datasets)] if len(spec.datasets) > 1 else None
+        data = _Data(dataset, images, test, labels, other)
         for m_index, model in enumerate(spec.models):
-            accuracy, on_lungs = MODEL_BEHAVIOUR.get(model, (0.8, bool(m_index % 2)))
-            if "clean" in dataset and not on_lungs:
-                accuracy -= 0.2  # no marker to exploit on a clean dataset
-            preds = _predictions(labels, spec.classes, accuracy, rng)
-            preds.insert(0, "image_id", test.image_id)
-            preds.insert(1, "split", "test")
-            tables = {"predictions": preds, "metrics": _metrics(preds, spec.classes, rng),
-                      "cams": _cams(spec, test, preds, on_lungs, rng)}
-            if spec.with_probes:
-                tables["probes"] = _probes(float((preds.label == preds.pred).mean()), on_lungs, other, k)
-            run_id = f"{dataset}-{model}"
-            run = {"run_id": run_id, "model": model, "dataset": dataset, "pretrained": m_index % 2 == 1,
-                   "epochs": 3, "epochs_run": 3, "device": "cpu", "status": "done",
-                   "started_at": dt.datetime(2026, 1, 1), "finished_at": dt.datetime(2026, 1, 1, 0, 5),
-                   "image_size": spec.image_size, "classes_json": json.dumps(list(spec.classes)),
-                   "n_train": spec.n_train, "n_val": 0, "n_test": spec.n_test, "seed": spec.seed,
-                   "config_json": json.dumps(dataclasses.asdict(spec))}
-            write_run(db, RunBundle(run=run, tables=tables, images=images, rejected=pd.DataFrame(
-                [{"path": str(folder / "bad.png"), "source": "cohen", "reason": "empty file", "dataset": dataset}])))
+            for seed in spec.seeds or (spec.seed,):
+                run_id = f"{dataset}-{model}" + (f"-s{seed}" if spec.seeds else "")
+                _write_model_run(db, spec, folder, data, m_index, model, seed, run_id, rng)
         if spec.with_failed_run:
             write_run(db, RunBundle(run={"run_id": f"{dataset}-vgg19-failed", "model": "vgg19", "dataset": dataset,
                                          "pretrained": False, "status": "failed", "error": "out of memory"},

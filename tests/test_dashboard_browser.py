@@ -2,13 +2,12 @@
 
 Every page must render its main elements, and an upload in Live CAM must come back with CAM
 overlays. Screenshots of each page are saved in the test's tmp folder (look at them when
-changing a page). Needs Debian's chromium and chromium-driver (CI installs them); skipped only
-when they are absent.
+changing a page). Needs Debian's chromium and chromium-driver (CI installs them); the `browser`
+fixture (tests/conftest.py) skips only when they are absent.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,8 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -77,29 +74,6 @@ def server(phantom_run):
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.skip(f"chromium not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1500,1200",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _settle(driver, css: str, timeout: float = 90):

@@ -204,3 +204,67 @@ def test_pages_open_on_the_audits_fine_map_when_it_is_stored(tmp_path, monkeypat
     at = open_page(PAGE)
     assert not at.exception
     assert at.selectbox(key="lb_method").value == "hirescam@stride16"
+
+
+# ----------------------------------------------------------------------------- seeds, costs, report
+
+def test_seed_groups_show_mean_and_sd_over_seeds(tmp_path, monkeypatch):
+    from tests.fixtures_db import phase_seconds
+
+    db = build_results_db(tmp_path, FakeResultsSpec(datasets=("d1",), models=("shallow", "resnet18"), seeds=(0, 1, 2),
+                                                    n_test=6, methods=("gradcam",), with_failed_run=False))
+    monkeypatch.setenv("CXR_RESULTS_DB", str(db))
+    at = open_page()
+    assert not at.exception
+    assert at.toggle(key="lb_seed_groups").value is True  # several seeds: one row per group by default
+    board = _board(at).set_index("model")
+    assert len(board) == 2 and board.n_seeds.tolist() == [3, 3]
+    with reader(db) as con:
+        acc = con.execute("SELECT value, ci_low FROM metrics WHERE run_id LIKE 'd1-shallow-s%' AND split = 'test' "
+                          "AND metric = 'accuracy' AND class_name = '' ORDER BY run_id").fetchall()
+    values, lows = [a for a, _ in acc], [lo for _, lo in acc]
+    shallow = board.loc["shallow"]
+    assert shallow.accuracy == pytest.approx(np.mean(values))
+    assert shallow.accuracy_sd == pytest.approx(np.std(values, ddof=1))
+    assert shallow.accuracy_ci_low == pytest.approx(np.mean(lows))  # the mean of the per-seed bounds
+    assert shallow.run_id == "d1-shallow-s0, d1-shallow-s1, d1-shallow-s2"
+    assert "mean of the per-seed bootstrap CI bounds" in texts(at)
+
+    costs = at.dataframe[-1].value.set_index("run_id")  # the cost-per-phase expander, last on the page
+    assert len(costs) == 6
+    for seed in (0, 1, 2):
+        expected = phase_seconds(1, seed)["train_seconds"]
+        assert costs.at[f"d1-resnet18-s{seed}", "train_seconds"] == pytest.approx(expected)
+
+    at.toggle(key="lb_seed_groups").set_value(False).run()
+    assert not at.exception
+    assert len(_board(at)) == 6 and "n_seeds" not in _board(at)
+
+
+def test_one_seed_per_run_shows_no_seed_toggle(app_env):
+    at = open_page()
+    assert not at.exception
+    assert "lb_seed_groups" not in [t.key for t in at.toggle]
+    assert len(at.dataframe[-1].value) == 6  # phase costs of every done run
+
+
+@pytest.mark.slow  # builds a whole report (seconds)
+def test_leaderboard_offers_the_report_download(app_env, monkeypatch):
+    from benchmark.report import build
+    from dashboard import cache
+
+    at = open_page()
+    button = at.download_button(key="lb_report")
+    assert "report" in button.label.lower() and button.proto.deferred_file_id  # built only when clicked
+
+    builds = []
+    real = build.build_report
+    monkeypatch.setattr(build, "build_report", lambda db, **kw: builds.append(db) or real(db, **kw))
+    stamp = cache.db_stamp(app_env)
+    html = cache.report_html(str(app_env), stamp).decode("utf-8")
+    assert html.startswith("<!DOCTYPE html>") and '<img src="data:image/png;base64,' in html
+    with reader(app_env) as con:
+        assert all(run_id in html for run_id in queries.done_run_ids(con))
+    assert cache.report_html(str(app_env), stamp).decode("utf-8") == html and len(builds) == 1  # cached by stamp
+    cache.report_html(str(app_env), (*stamp[:2], stamp[2] + 1))  # the DB changed: built again
+    assert len(builds) == 2

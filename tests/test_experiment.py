@@ -85,6 +85,7 @@ def _externals(db):
                            "ORDER BY run_id, probe").fetchall()
 
 
+@pytest.mark.slow
 def test_experiment_runs_its_grid_and_external_matrix_and_grows(tmp_path, cache_env, capsys):
     exp, db = tmp_path / "grid.toml", tmp_path / "r.duckdb"
     _write_experiment(exp, [0])
@@ -114,6 +115,7 @@ def test_experiment_runs_its_grid_and_external_matrix_and_grows(tmp_path, cache_
     assert set(first) <= set(_externals(db))  # the stored external rows were not redone
 
 
+@pytest.mark.slow
 def test_external_leaves_out_images_the_model_trained_on(tmp_path, cache_env, cxr_root):
     """covid-normal and cohen-nih share the Cohen covid images: those a model trained or validated
     on are not counted as external evidence."""

@@ -43,7 +43,8 @@ def explained_at(model, layer: str | None):
 
 
 def method_applicability(model, methods: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """(methods that apply, [(method, why not)] for the rest); names may carry '@layer'."""
+    """(methods that apply, [(method, why not)] for the rest); names may carry '@layer'. Silent:
+    the audit logs and stores the skips once (audit/tables.py)."""
     keep, skipped = [], []
     for name in methods:
         base, layer = split_method(name)
@@ -51,16 +52,13 @@ def method_applicability(model, methods: Sequence[str]) -> tuple[list[str], list
             with explained_at(model, layer):
                 applies = base in list_cam_methods(model)
         except BenchmarkError as exc:
-            log.warning("%s skipped: %s", name, exc)
             skipped.append((name, f"not applicable: {exc}"))
             continue
         if applies:
             keep.append(name)
         else:
-            reason = ("not applicable: needs a global-average-pooling + linear head, explained at that head's "
-                      "own layer")
-            log.info("%s: %s %s; skipped", model.spec.name, name, reason)
-            skipped.append((name, reason))
+            skipped.append((name, "not applicable: needs a global-average-pooling + linear head, explained at "
+                                  "that head's own layer"))
     return keep, skipped
 
 

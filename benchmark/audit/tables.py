@@ -5,6 +5,7 @@ Used after training (job.py), for existing runs (`benchmark cams`) and for exter
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -17,6 +18,8 @@ from benchmark.audit.lung_masks import complete_masks
 from benchmark.audit.probes import probe_rows
 from benchmark.config import AuditConfig
 from benchmark.data.decode import DecodeCache
+
+log = logging.getLogger(__name__)
 
 
 def audit_tables(model, classes: list[str], records: list, images: np.ndarray, masks: np.ndarray,
@@ -41,6 +44,8 @@ def audit_tables(model, classes: list[str], records: list, images: np.ndarray, m
     clock = time.perf_counter()
     if opts.cam_methods:
         _, skipped = method_applicability(model, opts.cam_methods)
+        for method, why in skipped:
+            log.info("%s: %s %s; skipped", model.spec.name, method, why)
         tables["cam_skips"] = pd.DataFrame([{"split": split, "method": m, "reason": why} for m, why in skipped],
                                            columns=["split", "method", "reason"])
         markers = None

@@ -158,7 +158,7 @@ def run_job(spec: JobSpec, dataset: Dataset | None = None) -> RunBundle:
                                audit_config(spec), split="test", seed=spec.train.seed,
                                cache_dir=spec.data.cache_dir, mask_sources=[data.mask_sources[i] for i in test],
                                timings=seconds))
-    run.update({f"{phase}_seconds": s for phase, s in seconds.items()})
+    run.update({f"{phase}_seconds": s for phase, s in seconds.items()}, finished_at=dt.datetime.now())
     return RunBundle(run=run, tables=tables, images=images_frame(data.readable),
                      rejected=rejected_frame(data.rejected, dataset.name),
                      segmenter=segmenter_row(spec.audit.segmenter) if _used_predicted_masks(tables) else None)

@@ -1,4 +1,6 @@
 """Leaderboard: every model x dataset with its accuracy beside how much of its CAMs lie on the lungs."""
+import functools
+
 import streamlit as st
 
 from dashboard import cache, common, render, views
@@ -10,6 +12,14 @@ st.caption("Accuracy alone cannot tell a model that reads the lungs from one tha
 
 if not common.require_results():
     st.stop()
+
+cfg = cache.settings()
+st.download_button("Replication report (HTML)", key="lb_report", icon=":material/download:",
+                   data=functools.partial(cache.report_html, str(cfg.db_path), cache.db_stamp(cfg.db_path)),
+                   file_name=f"{cfg.db_path.stem}-report.html", mime="text/html", on_click="ignore",
+                   help="The study's table beside the audit, figures, data provenance, seeds and costs: one HTML "
+                        "file that works offline (`cxr-audit report` writes the same). Built when clicked; "
+                        "the first build of a large database takes a while.")
 
 summary = cache.query("summary")
 class_metrics = cache.query("class_metrics")
@@ -29,10 +39,20 @@ class_choice = c3.selectbox("Sens. / spec. / AUC of", [views.MEAN_OVER_CLASSES] 
                             key="lb_class", persist_state="session",
                             help="One class (one-vs-rest, with CIs) or the mean over classes (AUC: macro AUC).")
 sort_label = c4.selectbox("Sort by", list(views.SORT_KEYS), key="lb_sort", persist_state="session")
+details = cache.query("run_details")
+groups = views.seed_groups(details)
+by_group = views.several_seeds(groups) and st.toggle(
+    "One row per seed group", value=True, key="lb_seed_groups", persist_state="session",
+    help="Runs that differ only by their training seed (same dataset, model, weights, lungs-only, image size, "
+         "epochs): the mean over seeds with the SD over seeds and how many seeds; the CI columns are then the "
+         "mean of the per-seed 95% CI bounds, not a CI of the mean.")
 
 base = cache.baselines(chosen)
 board = views.leaderboard(summary[summary.dataset.isin(chosen)], class_metrics, focus, probes,
                           method if methods else None, class_choice, {d: v for d, (v, _) in base.items()})
+run_ids = set(board.run_id) if not board.empty else set()
+if by_group and not board.empty:
+    board = views.seed_board(board, groups)
 board = views.sort_board(board, sort_label)
 common.stale_notice()
 
@@ -47,14 +67,19 @@ table = board.assign(
     auc_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.auc_ci_low, board.auc_ci_high)],
 )
 num = st.column_config.NumberColumn
+seed_cols = ["n_seeds"] if by_group else []
+sd_help = "SD over the group's seeds (sample SD; blank with one seed)"
 st.dataframe(
     table, key="lb_table", hide_index=True, height=35 * (min(len(table), 15) + 1) + 3,
-    column_order=["dataset", "model", "accuracy", "accuracy_ci", "lung_mass", "uniform_baseline",
-                  "lung_mass_vs_uniform", "lung_mass_ceiling", "lung_focus_score", "pointing_game"]
+    column_order=["dataset", "model"] + seed_cols + ["accuracy", "accuracy_ci"]
+                 + (["accuracy_sd"] if by_group else []) + ["lung_mass"]
+                 + (["lung_mass_sd"] if by_group else []) + ["uniform_baseline",
+                  "lung_mass_vs_uniform", "lung_mass_ceiling", "lung_focus_score"]
+                 + (["lung_focus_score_sd"] if by_group else []) + ["pointing_game"]
                  + (["marker_mass"] if board["marker_mass"].notna().any() else [])
                  + ["lungs_removed_acc", "lungs_removed_drop", "external_drop", "external_dataset",
-                  "sensitivity", "sensitivity_ci", "specificity", "specificity_ci", "auc", "auc_ci",
-                  "pretrained", "n_test"],
+                  "sensitivity", "sensitivity_ci", "specificity", "specificity_ci", "auc", "auc_ci"]
+                 + (["auc_sd"] if by_group else []) + ["pretrained", "n_test"],
     column_config={
         "dataset": "Dataset", "model": "Model", "pretrained": st.column_config.CheckboxColumn("ImageNet"),
         "n_test": num("n test", format="%d"),
@@ -88,8 +113,17 @@ st.dataframe(
         "external_drop": num("External drop", format="%.3f",
                              help="Test accuracy minus accuracy on another dataset (the worst one)"),
         "external_dataset": "External set",
+        "n_seeds": num("Seeds", format="%d", help="Runs in the seed group"),
+        "accuracy_sd": num("Acc. SD (seeds)", format="%.3f", help=sd_help),
+        "lung_mass_sd": num("Lung mass SD (seeds)", format="%.3f", help=sd_help),
+        "lung_focus_score_sd": num("Focus SD (seeds)", format="%.2f", help=sd_help),
+        "auc_sd": num("AUC SD (seeds)", format="%.3f", help=sd_help),
     },
 )
+if by_group:
+    st.caption("One row per seed group: each number is the mean over the group's seeds, beside its SD over seeds; "
+               "the 95% CI columns are the mean of the per-seed bootstrap CI bounds (not a CI of the mean). "
+               "Run ids: the group's runs.")
 
 st.subheader("Accuracy against lung focus")
 focus_col = st.radio("Lung-focus measure", ["lung_mass", "pointing_game"], horizontal=True, key="lb_focus",
@@ -112,7 +146,7 @@ st.subheader("Shortcut probes")
 st.caption("lungs_removed: test images with the lungs blanked out; lungs_only: everything but the lungs "
            "blanked out; external:<dataset>: the model applied to another dataset. A model that keeps its "
            "accuracy without the lungs, or loses it on another hospital's images, learned a shortcut.")
-probe_rows = views.probe_table(probes[probes.run_id.isin(board.run_id)] if not probes.empty else probes,
+probe_rows = views.probe_table(probes[probes.run_id.isin(run_ids)] if not probes.empty else probes,
                                summary)
 if probe_rows.empty:
     st.info("No probe results stored yet.")
@@ -122,3 +156,16 @@ else:
                                                          help="intact accuracy on the same images (lungs "
                                                               "probes) or test accuracy (external sets)"),
         "change": num(format="%+.3f")})
+
+with st.expander("Cost per phase (wall seconds per run)"):
+    costs = views.phase_costs(details[details.run_id.isin(run_ids)])
+    if costs.empty:
+        st.info("No runs for the chosen datasets.")
+    else:
+        secs = {f"{p}_seconds": num(p, format="%.1f") for p in views.PHASES}
+        st.dataframe(costs, key="lb_costs", hide_index=True, column_config={
+            **secs, "total_seconds": num("total", format="%.1f"),
+            "train_images_per_s": num("train img/s", format="%.1f")})
+        st.caption("decode: reading and resizing images; train: fitting; eval: scoring the test split; cam: CAMs "
+                   "and their measures; faithfulness: ROAD and confidence drop; probe: lungs probes; store: "
+                   "writing the run. Blank: not recorded (results written before the phases were timed).")

@@ -1,0 +1,219 @@
+"""The report's tables as display strings (pandas only): the numbers of measures.py, pooled over
+seed groups by seeds.py, written with their CIs, spread over seeds and the run ids behind them.
+
+A cell reads `0.912 [0.851, 0.963]` for one run and `0.912 ± 0.013 [0.851, 0.963]` for a seed
+group (mean ± SD over seeds, mean of the per-seed CI bounds); the table's notes say which.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from benchmark.report.document import Table
+from benchmark.report.seeds import SD_SUFFIX, SEEDS_NOTE
+from benchmark.store.schema import PHASES
+
+DIGITS = 3
+RUN_ID = "Run id"
+
+
+def num(value, digits: int = DIGITS) -> str:
+    """A number as text; '' for a missing one."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or pd.isna(value):
+        return ""
+    return f"{float(value):.{digits}f}"
+
+
+def count(value) -> str:
+    return "" if value is None or pd.isna(value) else f"{int(round(float(value)))}"
+
+
+def cell(row, col: str, ci: bool = True, digits: int = DIGITS) -> str:
+    """`value [low, high]`, with `± sd` after the value when the row pools several seeds."""
+    value = row.get(col)
+    text = num(value, digits)
+    if not text:
+        return ""
+    sd = row.get(col + SD_SUFFIX)
+    if row.get("n_seeds", 1) > 1 and sd is not None and pd.notna(sd):
+        text += f" ± {sd:.{digits}f}"
+    low, high = row.get(f"{col}_ci_low"), row.get(f"{col}_ci_high")
+    if ci and low is not None and high is not None and pd.notna(low) and pd.notna(high):
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return text
+
+
+def _yes(value) -> str:
+    return "yes" if value is True or (not pd.isna(value) and bool(value)) else "no"
+
+
+def _seeds(row) -> str:
+    """'1 (seed 0)' for a single run, '3 (seeds 0, 1, 2)' for a seed group."""
+    n = int(row.get("n_seeds", 1) or 1)
+    listed = row.get("seeds") or ""
+    return f"{n} (seed{'s' if n > 1 else ''} {listed})" if listed else str(n)
+
+
+def _seed_notes(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The pooling footnote, only where a row pools several seeds."""
+    return (SEEDS_NOTE,) if "n_seeds" in frame and (frame["n_seeds"] > 1).any() else ()
+
+
+def model_label(row) -> str:
+    """The model with the variants that make it a different run: ImageNet weights, lungs-only control."""
+    extra = [label for label, key in (("ImageNet", "pretrained"), ("lungs only", "lungs_only"))
+             if key in row and not pd.isna(row[key]) and bool(row[key])]
+    return f"{row['model']} ({', '.join(extra)})" if extra else str(row["model"])
+
+
+def study_table(groups: pd.DataFrame) -> Table:
+    """The paper's table: accuracy, sensitivity, specificity and AUC with CIs per model x database."""
+    rows = [{"Dataset": r["dataset"], "Model": model_label(r), "Seeds": _seeds(r), "n test": count(r.get("n_test")),
+             "Accuracy": cell(r, "accuracy"), "Sensitivity (macro)": cell(r, "balanced_accuracy"),
+             "Specificity (macro)": cell(r, "specificity", ci=False), "AUC (macro)": cell(r, "macro_auc"),
+             RUN_ID: r["run_id"]} for r in _records(groups)]
+    return Table("Table 1. Test-split metrics per model and database", pd.DataFrame(rows), notes=(
+        "95% CIs by patient bootstrap (all images of a drawn patient; stored per run in `metrics`).",
+        "Sensitivity (macro) is the mean per-class sensitivity, i.e. balanced accuracy, with its own CI. "
+        "Specificity (macro) is the mean per-class specificity; a mean of per-class CIs is not a CI, so none "
+        "is shown: Table 2 gives each class's sensitivity, specificity and AUC with CIs.",
+        "AUC (macro): binary data, the AUC of the second class; otherwise the mean one-vs-rest AUC.",
+        *_seed_notes(groups)))
+
+
+def class_table(groups: pd.DataFrame) -> Table:
+    rows = [{"Dataset": r["dataset"], "Model": model_label(r), "Seeds": _seeds(r), "Class": r["class_name"],
+             "Sensitivity": cell(r, "sensitivity"), "Specificity": cell(r, "specificity"), "AUC": cell(r, "auc"),
+             RUN_ID: r["run_id"]} for r in _records(groups)
+            if any(pd.notna(r.get(k)) for k in ("sensitivity", "specificity", "auc"))]  # classes the run has
+    return Table("Table 2. Per-class sensitivity, specificity and AUC (one class against the rest)",
+                 pd.DataFrame(rows), notes=("95% CIs by patient bootstrap.", *_seed_notes(groups)))
+
+
+def audit_table(groups: pd.DataFrame, method: str | None) -> Table:
+    """Beside Table 1, row for row: where the CAMs lie and what the probes found."""
+    rows = [{"Dataset": r["dataset"], "Model": model_label(r), "Seeds": _seeds(r),
+             "Lung mass": cell(r, "lung_mass"), "Uniform map": num(r.get("uniform_baseline")),
+             "Ceiling": num(r.get("lung_mass_ceiling")), "Focus score": cell(r, "lung_focus_score", digits=2),
+             "Pointing game": cell(r, "pointing_game"),
+             "Acc. intact": cell(r, "probe_intact"), "Acc. lungs removed": cell(r, "probe_lungs_removed"),
+             "Acc. lungs only": cell(r, "probe_lungs_only"), "Drop w/o lungs": cell(r, "lungs_removed_drop"),
+             RUN_ID: r["run_id"]} for r in _records(groups)]
+    return Table(f"Table 3. The audit: lung focus of the {method or '(no CAMs)'} maps and the lungs probes",
+                 pd.DataFrame(rows), notes=(
+        "Lung mass: mean share of a CAM's positive mass inside the lung mask (maps of the predicted class, test "
+        "images). Uniform map: the lungs' share of the image over the dataset's test masks, what a map spread "
+        "evenly scores. Ceiling: the lung mass of a perfect lungs-only map at the CAM's resolution.",
+        "Focus score = (lung mass - uniform) / (ceiling - uniform): 0 = no better than a uniform map, 1 = as "
+        "lung-focused as the resolution allows (blank where ceiling and uniform are closer than 0.05).",
+        "Pointing game: share of CAM peaks on the lungs. Acc. intact / lungs removed / lungs only: accuracy on the "
+        "test images that have a lung mask, as they are, with the lungs filled with the image mean, and with "
+        "everything but the lungs filled; drop = intact - lungs removed (near 0: the lungs did not matter).",
+        *_seed_notes(groups)), empty_text="No runs.")
+
+
+def external_table(groups: pd.DataFrame) -> Table:
+    rows = [{"Trained on": r["dataset"], "Model": model_label(r), "Seeds": _seeds(r), "External set": r["external_set"],
+             "Internal test acc.": cell(r, "internal_accuracy", ci=False),
+             "External acc.": cell(r, "external_accuracy"),
+             "Drop": cell(r, "drop", ci=False), "Images": count(r.get("n_images")),
+             "Left out (seen in training)": count(r.get("n_left_out_seen")), RUN_ID: r["run_id"]}
+            for r in _records(groups)]
+    return Table("Table 4. External validation: each model on another database", pd.DataFrame(rows), notes=(
+        "A model scored on a database it was not trained on (classes it does not know left out, and images it "
+        "trained or validated on left out and counted). Drop = internal test accuracy - external accuracy: "
+        "a large drop means the model learned something about its own database, not the disease.",
+        *_seed_notes(groups)), empty_text="No external validation stored (`cxr-audit evaluate`, or an experiment's "
+                                "external pairs, add it).")
+
+
+def cost_table(costs: pd.DataFrame) -> Table:
+    phase_cols = [f"{p}_seconds" for p in PHASES]
+    rows = []
+    for r in _records(costs):
+        row = {"Dataset": r["dataset"], "Model": r["model"], "Seed": count(r.get("seed")),
+               "Device": r.get("device") or ""}
+        row.update({p: num(r.get(col), 1) for p, col in zip(PHASES, phase_cols)})
+        row.update({"total": num(r.get("total_seconds"), 1), "train img/s": num(r.get("train_images_per_s"), 1),
+                    RUN_ID: r["run_id"]})
+        rows.append(row)
+    return Table("Cost per phase (wall seconds per run)", pd.DataFrame(rows), notes=(
+        "decode: reading and resizing the images (cached on disk after the first run); train: fitting; eval: "
+        "scoring the test split; cam: computing and measuring the CAMs; faithfulness: ROAD and confidence drop; "
+        "probe: the lungs probes; store: writing the run's rows. Blank: not recorded (results written before "
+        "the phases were timed).",))
+
+
+def image_count_table(counts: pd.DataFrame) -> Table:
+    """Images per dataset, source and class, one column per split, plus the lung masks and their origin."""
+    if counts.empty:
+        return Table("Images per dataset, source, class and split", pd.DataFrame())
+    keys = ["dataset", "source", "label"]
+    wide = counts.pivot_table(index=keys, columns="split", values="n_images", aggfunc="sum", fill_value=0)
+    splits = [s for s in ("train", "val", "test", "external") if s in wide.columns]
+    splits += [s for s in wide.columns if s not in splits]
+    masks = counts.groupby(keys).agg(n_masks=("n_masks", "sum"), mask_sources=("mask_sources", _join_unique))
+    frame = wide[splits].join(masks).reset_index()
+    rows = []
+    for r in _records(frame):
+        row = {"Dataset": r["dataset"], "Source": r["source"], "Class": r["label"]}
+        row.update({s or "(none)": count(r[s]) for s in splits})
+        row.update({"total": count(sum(r[s] for s in splits)), "with lung mask": count(r["n_masks"]),
+                    "mask from": r["mask_sources"] or ""})
+        rows.append(row)
+    return Table("Images per dataset, source, class and split", pd.DataFrame(rows), notes=(
+        "Splits are by patient (no patient in two splits). 'external': images a model was scored on by external "
+        "validation only.",))
+
+
+def _join_unique(values) -> str:
+    parts = sorted({p.strip() for v in values if isinstance(v, str) for p in v.split(",") if p.strip()})
+    return ", ".join(parts)
+
+
+def rejected_table(rejected: pd.DataFrame) -> Table:
+    rows = [{"Dataset": r["dataset"], "Source": r["source"], "Reason": r["reason"], "Files": count(r["n_files"]),
+             "Example": r["example"]} for r in _records(rejected)]
+    return Table("Files rejected as unreadable", pd.DataFrame(rows), notes=(
+        "Corrupt, truncated, empty, not an image, or a decompression bomb: skipped and recorded in "
+        "`rejected_images`; the runs went on without them.",), empty_text="No file was rejected.")
+
+
+def cam_skip_table(skips: pd.DataFrame) -> Table:
+    rows = [{"Dataset": r["dataset"], "Model": r["model"], "Split": r["split"], "Method": r["method"],
+             "Reason": r["reason"], RUN_ID: r["run_id"]} for r in _records(skips)]
+    return Table("CAM methods asked for but not run", pd.DataFrame(rows),
+                 empty_text="Every CAM method asked for was run.")
+
+
+def runs_table(details: pd.DataFrame, groups: pd.DataFrame) -> Table:
+    n = groups.set_index("run_id")["n_seeds"] if not groups.empty else pd.Series(dtype=int)
+    rows = [{"Dataset": r["dataset"], "Model": model_label(r), "Seed": count(r.get("seed")),
+             "Seeds in group": count(n.get(r["run_id"], 1)), "Image size": count(r.get("image_size")),
+             "Epochs (run)": f"{count(r.get('epochs'))} ({count(r.get('epochs_run'))})",
+             "Train / val / test": "/".join(count(r.get(k)) for k in ("n_train", "n_val", "n_test")),
+             "Device": r.get("device") or "", "Commit": r.get("git_commit") or "",
+             "Finished": str(r.get("finished_at") or "")[:19], RUN_ID: r["run_id"]} for r in _records(details)]
+    return Table("Runs", pd.DataFrame(rows), notes=(
+        "Runs that differ only by their seed form a seed group (same dataset, model, ImageNet weights, lungs-only "
+        "control, image size and epochs).",))
+
+
+def failed_table(failed: pd.DataFrame) -> Table:
+    rows = [{"Dataset": r["dataset"], "Model": r["model"], "Status": r["status"],
+             "Error": str(r.get("error") or "")[:300], RUN_ID: r["run_id"]} for r in _records(failed)]
+    return Table("Runs not finished (not in any table above)", pd.DataFrame(rows), empty_text="None.")
+
+
+def segmenter_table(segmenters: pd.DataFrame) -> Table:
+    rows = [{"Checkpoint": r["checkpoint_path"], "Created": str(r.get("created_at") or "")[:19],
+             "Image size": count(r.get("image_size")), "Dice (held out)": num(r.get("dice_heldout")),
+             "Held-out masks from": r.get("dice_heldout_source") or "", "n train": count(r.get("n_train")),
+             "n held out": count(r.get("n_heldout"))} for r in _records(segmenters)]
+    return Table("Lung segmenter used for predicted masks", pd.DataFrame(rows),
+                 empty_text="No predicted lung masks were used (ground-truth masks only).")
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return [] if frame is None or frame.empty else frame.to_dict("records")
