@@ -51,6 +51,7 @@ def _pngs(text: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
 
 
+@pytest.mark.slow  # builds a whole report (seconds)
 def test_html_report_holds_the_tables_and_is_self_contained(html_report, results_db):
     text = html_report.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>")
@@ -80,6 +81,7 @@ def test_html_report_holds_the_tables_and_is_self_contained(html_report, results
     assert re.findall(r'href="([^"]*)"', text) and all(h.startswith("#") for h in re.findall(r'href="([^"]*)"', text))
 
 
+@pytest.mark.slow  # builds a whole report (seconds)
 def test_external_validation_table_uses_the_probe_detail(html_report):
     text = html_report.read_text(encoding="utf-8")
     section = text[text.index("Table 4."):text.index("</table>", text.index("Table 4."))]
@@ -185,6 +187,7 @@ def test_fixture_seed_groups_reach_every_table(tmp_path):
 
 # ----------------------------------------------------------------------------- costs, images, ROC
 
+@pytest.mark.slow  # builds a whole report (seconds)
 def test_cost_per_phase_per_run(results_db, tmp_path):
     with reader(results_db) as con:
         costs = measures.phase_costs(queries.run_details(con)).set_index("run_id")
