@@ -144,7 +144,7 @@ def run_job(spec: JobSpec, dataset: Dataset | None = None) -> RunBundle:
     run = {
         "run_id": spec.run_id, "model": spec.model, "dataset": dataset.name, "pretrained": model.pretrained,
         "epochs": spec.train.epochs, "device": str(device), "status": "done", "started_at": started,
-        "finished_at": dt.datetime.now(), "git_commit": commit,
+        "git_commit": commit,
         "config_json": json.dumps(spec.flat(), default=str), "seed": spec.train.seed,
         "image_size": data.size, "lungs_only": spec.data.lungs_only, "classes_json": json.dumps(dataset.classes),
         "checkpoint_path": str(ckpt), "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
