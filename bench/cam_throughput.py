@@ -1,10 +1,13 @@
 """CAM throughput: the batched on-device path (benchmark.cams.fast) vs pytorch-grad-cam, same maps.
 
-For each model and method (cam, gradcam, hirescam) times compute_cams(fast=True) and (fast=False, the
+For each model (names or a roster: `--models paper`) and method (cam, gradcam, hirescam, each
+optionally `@layer`, e.g. hirescam@stride16) times compute_cams(fast=True) and (fast=False, the
 pytorch-grad-cam path that copies each batch's maps to the CPU), checks the maps agree (max abs
-difference after normalisation) and prints a markdown table for bench/RESULTS.md.
+difference after normalisation, `ok` when <= --tol, 1e-3 by default) and prints a markdown table
+for bench/RESULTS.md. Methods that do not apply to an architecture (cam without a GAP head) are
+listed as skipped. Exits 1 if any pair of maps differs by more than --tol.
 
-    python bench/cam_throughput.py --models resnet18,resnet50 --n 512 --batch-size 64   # GPU
+    python bench/cam_throughput.py --models paper --n 512 --batch-size 64   # GPU, every roster architecture
     python bench/cam_throughput.py --models shallow,resnet18 --n 32 --batch-size 16     # CPU
 """
 from __future__ import annotations
@@ -16,8 +19,10 @@ import time
 
 import torch
 
+from benchmark.audit.cam_rows import method_applicability
 from benchmark.cams.engine import compute_cams
-from benchmark.models import create_model, get_spec
+from benchmark.cams.names import split_method
+from benchmark.models import create_model, get_spec, resolve_models
 from benchmark.training.device import resolve_device
 
 
@@ -34,7 +39,9 @@ def timed(fn, device) -> tuple[float, torch.Tensor]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="shallow,resnet18")
-    ap.add_argument("--methods", default="cam,gradcam,hirescam")
+    ap.add_argument("--methods", default="cam,gradcam,hirescam,hirescam@stride16")
+    ap.add_argument("--image-size", type=int, default=None, help="override each model's input size")
+    ap.add_argument("--tol", type=float, default=1e-3, help="largest max abs difference counted as equal")
     ap.add_argument("--n", type=int, default=None, help="images (default 512 on CUDA, 32 on CPU)")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--device", default="auto")
@@ -47,28 +54,36 @@ def main() -> None:
     threads = torch.get_num_threads()
     where = torch.cuda.get_device_name(device) if cuda else f"CPU {platform.machine()}, {threads} threads"
     print(f"device: {where}; torch {torch.__version__}; {n} images, batch {bs}, best of {args.repeats}")
-    print("| model | method | fast img/s | pytorch-grad-cam img/s | speed-up | max abs diff |")
-    print("|---|---|---|---|---|---|")
+    print("| model | input | method | fast img/s | pytorch-grad-cam img/s | speed-up | max abs diff | equal |")
+    print("|---|---|---|---|---|---|---|---|")
     gen = torch.Generator().manual_seed(0)
-    for name in args.models.split(","):
+    worst = 0.0
+    for name in resolve_models(args.models):
         spec = get_spec(name)
+        size = args.image_size or spec.input_size
         model = create_model(name, num_classes=3).to(device).eval()
-        x = torch.rand((n, 1, spec.input_size, spec.input_size), generator=gen).to(device)
+        x = torch.rand((n, 1, size, size), generator=gen).to(device)
         targets = torch.randint(0, 3, (n,), generator=gen)
-        for method in args.methods.split(","):
-            if method == "cam" and not spec.gap_head:
-                continue
-            run_fast = functools.partial(compute_cams, model, x, targets, method, batch_size=bs, device=device,
-                                         fast=True)
-            run_ref = functools.partial(compute_cams, model, x, targets, method, batch_size=bs, device=device,
-                                        fast=False)
+        methods, skipped = method_applicability(model, args.methods.split(","))
+        for method, why in skipped:
+            print(f"| {name} | {size} | {method} | skipped: {why} | | | | |", flush=True)
+        for method in methods:
+            base, layer = split_method(method)
+            run_fast = functools.partial(compute_cams, model, x, targets, base, batch_size=bs, device=device,
+                                         fast=True, layer=layer)
+            run_ref = functools.partial(compute_cams, model, x, targets, base, batch_size=bs, device=device,
+                                        fast=False, layer=layer)
             timed(run_fast, device)  # warm-up (cudnn autotune, allocator)
             t_fast = min(timed(run_fast, device)[0] for _ in range(args.repeats))
             timed(run_ref, device)
             t_ref = min(timed(run_ref, device)[0] for _ in range(args.repeats))
             diff = (run_fast() - run_ref()).abs().max().item()
-            print(f"| {name} | {method} | {n / t_fast:.1f} | {n / t_ref:.1f} | {t_ref / t_fast:.2f}x | {diff:.2e} |",
-                  flush=True)
+            worst = max(worst, diff)
+            print(f"| {name} | {size} | {method} | {n / t_fast:.1f} | {n / t_ref:.1f} | {t_ref / t_fast:.2f}x | "
+                  f"{diff:.2e} | {'ok' if diff <= args.tol else 'NO'} |", flush=True)
+    if worst > args.tol:
+        print(f"maps differ by up to {worst:.2e} > {args.tol:g}")
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -59,12 +59,13 @@ def _time_view(page: str | None, interact=None, repeats: int = 3) -> dict:
     return out
 
 
-def bench_views(folder: Path, n_test: int) -> dict:
+def bench_views(folder: Path, n_test: int, db: Path | None = None) -> dict:
     spec = FakeResultsSpec(datasets=("bench-a", "bench-b"), models=tuple(MODEL_BEHAVIOUR), n_test=n_test,
                            n_train=0, methods=("gradcam", "cam"), image_size=64, compute_focus=False,
                            with_failed_run=False)
     t = time.perf_counter()
-    db = build_results_db(folder, spec)
+    if db is None:
+        db = build_results_db(folder, spec)
     build_s = time.perf_counter() - t
     os.environ["CXR_RESULTS_DB"] = str(db)
     import duckdb
@@ -134,13 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-test", type=int, default=2500, help="test images per dataset (CAM rows = 40 x this)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--db", type=Path, default=None,
+                    help="time the views on this existing DB (e.g. one built by bench.dashboard_load) instead of "
+                         "building one")
+    ap.add_argument("--no-live", action="store_true", help="skip the live CAM timing")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="dashboard-bench-") as tmp:
         result = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs, no GPU used",
                   "date": time.strftime("%Y-%m-%d"),
-                  **bench_views(Path(tmp), args.n_test), "live_cam": bench_live(Path(tmp))}
+                  **bench_views(Path(tmp), args.n_test, args.db)}
+        if not args.no_live:
+            result["live_cam"] = bench_live(Path(tmp))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = paths.segmenter_stem(args.out)
+    out = paths.user_segmenter_stem(args.out)
     root = None if args.phantom_only else paths.data_root(args.data_root)
     _, report = fit_lung_segmenter(root, config_from_args(LungTrainConfig, args), out_stem=out)
     keys = ("best_val_dice", "best_epoch", "val_dice_by_group", "heldout_cohen_dice_native",

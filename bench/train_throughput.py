@@ -6,6 +6,7 @@ input size, after warm-up. Prints a markdown table for bench/RESULTS.md.
 
     python bench/train_throughput.py --models paper --batch-size 128 --steps 20   # GPU
     python bench/train_throughput.py --models default --batch-size 16 --steps 5   # CPU
+    python bench/train_throughput.py --models alexnet,squeezenet1_1,shallow --profile  # where the time goes
 """
 from __future__ import annotations
 
@@ -47,6 +48,22 @@ def measure(name: str, device: torch.device, batch: int, steps: int, warmup: int
     return out
 
 
+def profile_steps(name: str, device: torch.device, batch: int, size: int, steps: int = 5) -> None:
+    """torch.profiler over a few training steps of `name`: the top operators by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        measure(name, device, batch, steps, 1, size)
+    from torch.autograd.profiler_util import FunctionEventAvg
+
+    newer = hasattr(FunctionEventAvg, "self_device_time_total")  # torch renamed the CUDA column
+    gpu_key = "self_device_time_total" if newer else "self_cuda_time_total"
+    key = gpu_key if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile of {name} ({steps} steps, batch {batch}, {size} px), top 15 by {key}:")
+    print(prof.key_averages().table(sort_by=key, row_limit=15))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="default")
@@ -56,6 +73,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--image-size", type=int, default=None, help="override each model's input size")
     ap.add_argument("--json", default=None, help="also write results here")
+    ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table per model "
+                    "(what a small model's step waits on: augmentation, the optimizer, launches)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -75,6 +94,8 @@ def main() -> None:
         rows.append(r)
         extra = f" {r['peak_mem_gib']:.1f} |" if cuda else ""
         print(f"| {name} | {r['input']} | {r['images_per_s']:.1f} |{extra}", flush=True)
+        if args.profile:
+            profile_steps(name, device, batch, r["input"])
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": where, "rows": rows}, fh, indent=2)

@@ -38,8 +38,9 @@ def _cam_method_names() -> list[str]:
 class DataConfig:
     """Which images a job reads and how they are prepared."""
 
-    name: str = option("phantom", "dataset preset (`data list` shows them) or a folder of class subfolders; "
-                                  "`run` takes a comma list", flag="--data")
+    name: str = option("phantom", "dataset preset (`data list` shows them), a folder of class subfolders, or a "
+                                  "CSV manifest (FILE.csv: path,label[,patient_id,view,sex,age,source], paths "
+                                  "relative to the CSV); `run` takes a comma list", flag="--data")
     data_root: str | None = option(None, "folder holding the real sources (pack or upstream layouts); "
                                          "default $CXR_DATA")
     data_seed: int = option(0, "seed of the phantom and of the patient split")
@@ -62,7 +63,9 @@ class TrainConfig:
     patience: int = option(3, "early-stopping patience in epochs")
     augment: bool = option(True, "small affine jitter and exposure change on the device", cli=False)
     seed: int = option(0, "training seed (also seeds bootstraps and the faithfulness sample)")
-    pretrained: bool = option(False, "start from ImageNet weights (library caches or --weights-dir)")
+    pretrained: bool = option(False, "start from ImageNet weights: --weights-dir, else the torch hub / Hugging Face "
+                                     "caches, where torchvision / timm download them if missing (not with "
+                                     "$CXR_OFFLINE=1)")
     weights_dir: str | None = option(None, "folder with ImageNet weight files")
 
 
@@ -79,6 +82,41 @@ class AuditConfig:
     faithfulness_sample: int = option(8, "test images per CAM method scored for faithfulness (ROAD, "
                                          "confidence drop); 0 skips")
     probes: bool = option(True, "accuracy with the lungs removed and with only the lungs", cli=False)
+    source_probe: bool = option(True, "source probe: how well a logistic regression on the model's features "
+                                      "and on pooled pixels tells the source database apart (train split -> "
+                                      "test split; datasets with one source get a skipped row)", cli=False)
+    sanity_sample: int = option(4, "test images per CAM method for the sanity check (maps of the trained model "
+                                   "against the same architecture with randomised weights); 0 skips")
+    sanity_threshold: float = option(0.5, "CAM sanity check: a method whose mean rank correlation between trained "
+                                          "and randomised maps reaches this is flagged", cli=False)
     segmenter: str | None = option(None, "lung segmenter checkpoint stem for images without ground-truth "
-                                         "masks (default $CXR_LUNG_SEGMENTER or checkpoints/lungseg/lung_unet)")
+                                         "masks (default $CXR_LUNG_SEGMENTER, else checkpoints/lungseg/lung_unet "
+                                         "if trained, else the one shipped in the package)")
     n_boot: int = option(1000, "patient-bootstrap resamples for 95% CIs")
+
+
+def _executor_names() -> list[str]:
+    from benchmark.pipeline.executors import list_executors
+    return list_executors()
+
+
+CHECKPOINTS_SHARED = ("auto", "yes", "no")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the grid's jobs run (pipeline/executors/): here one after another, or as Ray tasks."""
+
+    executor: str = option("inprocess", "where the jobs run: one after another in this process, or each a Ray "
+                                        "task (several at once, here or on a cluster)", listing=_executor_names)
+    ray_address: str | None = option(None, "Ray cluster to run on: 'auto' (the cluster this machine has joined) or "
+                                           "HOST:PORT of its head; default: start a local Ray instance on this "
+                                           "machine for the grid and stop it after")
+    gpus_per_job: float | None = option(None, "GPUs each Ray task holds; fractional shares a GPU between small "
+                                              "models (0.25: four jobs per GPU); default 1 when the cluster has "
+                                              "GPUs and --device is not cpu, else 0")
+    cpus_per_job: int = option(1, "CPUs each Ray task holds (also its torch threads)")
+    checkpoints_shared: str = option(
+        "auto", "whether Ray workers see --checkpoint-dir: yes (they write checkpoints there), no (checkpoints "
+                "come back with the results and this process writes them), auto (yes on a local instance or a "
+                "one-node cluster, else no)", choices=CHECKPOINTS_SHARED)

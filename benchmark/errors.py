@@ -4,6 +4,18 @@
 class BenchmarkError(Exception):
     """Base class for errors the CLI reports without a traceback."""
 
+    def __reduce__(self):
+        # Pickled by state, not by calling __init__ with `args` again (subclasses take other arguments),
+        # so that an error raised in another process (a Ray worker) arrives whole, message and fields.
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(cls, args, state):
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
 
 class ImageRejected(BenchmarkError):
     """An image file that cannot be used; `reason` is short and stored in `rejected_images`."""
@@ -27,3 +39,11 @@ class UnknownNameError(BenchmarkError, KeyError):
 
 class WeightsMissingError(BenchmarkError):
     """Pretrained weights were asked for but are not on this machine."""
+
+
+class ResultsDatabaseError(BenchmarkError):
+    """The results database cannot be used: corrupt, truncated, not DuckDB, or written by a newer version."""
+
+
+class DiskFullError(BenchmarkError):
+    """No space left on device while storing a run; the run's transaction was rolled back."""

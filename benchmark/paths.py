@@ -21,11 +21,15 @@ ENV_RESULTS_DB = "CXR_RESULTS_DB"     # the results database
 ENV_CHECKPOINTS = "CXR_CHECKPOINTS"   # trained classifiers (and the default segmenter under lungseg/)
 ENV_SEGMENTER = "CXR_LUNG_SEGMENTER"  # lung segmenter checkpoint stem
 ENV_LOCK_WAIT = "CXR_DB_LOCK_WAIT_S"  # seconds a dashboard page waits for a benchmark writer
+ENV_FAULT_PAUSE = "CXR_FAULT_PAUSE"   # test-only: "<point>:<marker>" pauses at a write point (benchmark/faults.py)
+ENV_OFFLINE = "CXR_OFFLINE"           # 1: --pretrained never downloads, uses files already here only
 
 DEFAULT_RESULTS_DB = "results.duckdb"
 DEFAULT_CHECKPOINTS = "checkpoints"
 DEFAULT_CACHE = Path("~/.cache/cxr-audit")
 SEGMENTER_SUBPATH = Path("lungseg") / "lung_unet"   # under the checkpoint folder
+# The lung segmenter the project trained, shipped as package data (pyproject.toml package-data).
+SHIPPED_SEGMENTER = Path(__file__).resolve().parent / "lungseg" / "weights" / "lung_unet"
 DATA_ROOT_HELP = "the real-data pack folder (holding kermany/, cohen/, nih/) or upstream downloads"
 
 
@@ -55,6 +59,11 @@ def require_data_root(explicit: str | os.PathLike | None = None) -> Path:
     return root
 
 
+def fault_pause() -> str | None:
+    """$CXR_FAULT_PAUSE (test-only fault injection, see benchmark/faults.py), None when unset."""
+    return setting(None, ENV_FAULT_PAUSE)
+
+
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The decode cache: the argument, $CXR_CACHE, else ~/.cache/cxr-audit."""
     value = setting(explicit, ENV_CACHE)
@@ -69,11 +78,38 @@ def checkpoints_dir(explicit: str | os.PathLike | None = None, environ: Environ 
     return Path(setting(explicit, ENV_CHECKPOINTS, environ) or DEFAULT_CHECKPOINTS)
 
 
-def segmenter_stem(explicit: str | os.PathLike | None = None) -> Path:
-    """The lung segmenter's checkpoint stem: the argument, $CXR_LUNG_SEGMENTER, else
-    <checkpoints>/lungseg/lung_unet (what `python -m benchmark lungs train` writes)."""
-    value = setting(explicit, ENV_SEGMENTER)
-    return Path(value) if value else checkpoints_dir() / SEGMENTER_SUBPATH
+def user_segmenter_stem(explicit: str | os.PathLike | None = None, environ: Environ = None) -> Path:
+    """Where `lungs train` writes a segmenter: the argument, $CXR_LUNG_SEGMENTER, else
+    <checkpoints>/lungseg/lung_unet."""
+    value = setting(explicit, ENV_SEGMENTER, environ)
+    return Path(value) if value else checkpoints_dir(None, environ) / SEGMENTER_SUBPATH
+
+
+def choose_segmenter(given: str | os.PathLike | None, checkpoints: str | os.PathLike) -> Path:
+    """The one rule for which lung segmenter masks come from (runs, `lungs predict`, the dashboard):
+
+    1. the stem given (a flag or $CXR_LUNG_SEGMENTER), used as is, so a wrong path says so;
+    2. else one the user trained at <checkpoints>/lungseg/lung_unet, if its weights exist;
+    3. else the segmenter shipped in the package (SHIPPED_SEGMENTER).
+    """
+    if given not in (None, ""):
+        return Path(given)
+    trained = Path(checkpoints) / SEGMENTER_SUBPATH
+    if trained.with_suffix(".safetensors").is_file():
+        return trained
+    return SHIPPED_SEGMENTER
+
+
+def segmenter_stem(explicit: str | os.PathLike | None = None, environ: Environ = None) -> Path:
+    """The lung segmenter in use: the argument, $CXR_LUNG_SEGMENTER, else a trained one under
+    <checkpoints>/lungseg/, else the shipped one (choose_segmenter)."""
+    return choose_segmenter(setting(explicit, ENV_SEGMENTER, environ), checkpoints_dir(None, environ))
+
+
+def offline(environ: Environ = None) -> bool:
+    """True when $CXR_OFFLINE forbids downloads: --pretrained then uses files already here only."""
+    value = setting(None, ENV_OFFLINE, environ)
+    return value is not None and value.strip().lower() not in ("0", "false", "no", "off")
 
 
 # Library caches (where --pretrained looks for ImageNet weights): the libraries' own conventions.

@@ -1,4 +1,6 @@
-"""`python -m dashboard --db PATH [--port N]`: serve the dashboard and print its URL.
+"""`python -m dashboard --db PATH [--port N] [--host ADDRESS]`: serve the dashboard and print its URL.
+
+It listens on localhost unless `--host` says otherwise, with XSRF protection and CORS limits on.
 
 A thin launcher around `streamlit run dashboard/app.py -- --db PATH`: it resolves paths against
 the caller's directory, then replaces itself with streamlit running in the folder that holds the
@@ -26,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-audit-dashboard", parents=[argument_parser()],
                                      description="Serve the shortcut-audit dashboard over a results database.")
     parser.add_argument("--port", type=int, default=8501, help="port to listen on (default 8501)")
-    parser.add_argument("--address", default="localhost",
-                        help="address to bind (default localhost; 0.0.0.0 to serve a network)")
+    parser.add_argument("--host", "--address", dest="address", default="localhost",
+                        help="address to listen on (default localhost: this machine only; 0.0.0.0 serves "
+                             "every network the machine is on, so only do that behind a login)")
     return parser
 
 
@@ -37,6 +40,10 @@ def streamlit_command(args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP),
            "--server.port", str(args.port), "--server.address", args.address,
            "--server.headless", "true", "--server.maxUploadSize", str(MAX_UPLOAD_MB),
+           # XSRF protection on, and CORS limited: streamlit's XSRF check does not guard the
+           # websocket unless CORS is on too (its config warns), so both are set, whatever a
+           # config file says
+           "--server.enableXsrfProtection", "true", "--server.enableCORS", "true",
            "--browser.gatherUsageStats", "false", "--", "--db", str(db)]
     checkpoints = paths.checkpoints_dir(args.checkpoints)
     cmd += ["--checkpoints", str(Path(checkpoints).resolve())]  # relative to the caller, not the repo

@@ -13,6 +13,7 @@ st.set_page_config(page_title="CXR shortcut audit", page_icon=":material/radiolo
 
 PAGES = [
     st.Page("pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),
+    st.Page("pages/performance.py", title="Performance", icon=":material/monitoring:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/misclassifications.py", title="Misclassifications", icon=":material/error:"),
     st.Page("pages/live_cam.py", title="Live CAM", icon=":material/upload_file:"),

@@ -10,9 +10,11 @@ holds the file the pages show the last results they had instead of failing.
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import duckdb
@@ -25,6 +27,7 @@ from dashboard.settings import DashboardSettings, resolve_settings
 
 log = logging.getLogger(__name__)
 
+_SNAPSHOTS_LOCK = threading.Lock()
 STALE_KEY = "_results_stale_since"
 MAX_SNAPSHOTS = 512  # last-good results kept for locked-DB fallback (oldest dropped first)
 BUSY_MESSAGE = ("A benchmark run is writing to the results database right now; this view will show "
@@ -63,29 +66,32 @@ QUERY_TTL_S = 600
 
 
 @st.cache_data(ttl=QUERY_TTL_S, max_entries=512, show_spinner=False)
-def _cached_query(db: str, stamp: tuple, name: str, args: tuple, lock_wait_s: float):
+def _cached_query(db: str, stamp: tuple, name: str, args: tuple, lock_wait_s: float, kwargs: tuple = ()):
     try:
         with reader(db, timeout_s=lock_wait_s) as con:
-            return getattr(queries, name)(con, *args)
+            return getattr(queries, name)(con, *args, **dict(kwargs))
     except duckdb.Error as exc:
         if is_lock_error(exc):
             raise DatabaseBusy(str(exc)) from exc
         raise
 
 
-def query(name: str, *args, stop_when_busy: bool = True):
-    """Result of `benchmark.store.queries.<name>(con, *args)` on the configured DB, cached.
+def query(name: str, *args, stop_when_busy: bool = True, **kwargs):
+    """Result of `benchmark.store.queries.<name>(con, *args, **kwargs)` on the configured DB, cached
+    by the DB's stamp and every argument (keyword values must be hashable: str, number, tuple).
 
     While a writer holds the file it returns this query's last good result (and marks the page
     stale); with none, it shows a notice and stops the page's run (or, with
-    `stop_when_busy=False`, raises DatabaseBusy for the caller to handle).
+    `stop_when_busy=False`, raises DatabaseBusy for the caller to handle). Callers may treat the
+    result as their own: st.cache_data hands each caller a copy, and so does the fallback.
     """
     cfg = settings()
     db = str(cfg.db_path)
-    key = (db, name, args)
+    kw = tuple(sorted(kwargs.items()))
+    key = (db, name, args, kw)
     snapshots = _last_results()
     try:
-        value = _cached_query(db, db_stamp(cfg.db_path), name, args, cfg.lock_wait_s)
+        value = _cached_query(db, db_stamp(cfg.db_path), name, args, cfg.lock_wait_s, kw)
     except DatabaseBusy:
         if key not in snapshots and not stop_when_busy:
             raise
@@ -93,18 +99,21 @@ def query(name: str, *args, stop_when_busy: bool = True):
             st.info(BUSY_MESSAGE, icon=":material/hourglass_top:")
             st.stop()
         st.session_state[STALE_KEY] = snapshots[key][1]
-        return snapshots[key][0]
-    snapshots.pop(key, None)  # re-insert: dict order is then least recently refreshed first
-    snapshots[key] = (value, dt.datetime.now())
-    while len(snapshots) > MAX_SNAPSHOTS:
-        snapshots.pop(next(iter(snapshots)))
+        return copy.deepcopy(snapshots[key][0])  # shared by every session: never hand out the object itself
+    with _SNAPSHOTS_LOCK:  # sessions are threads: two evicting the same oldest key must not collide
+        snapshots.pop(key, None)  # re-insert: dict order is then least recently refreshed first
+        snapshots[key] = (value, dt.datetime.now())
+        while len(snapshots) > MAX_SNAPSHOTS:
+            snapshots.pop(next(iter(snapshots)))
     return value
 
 
 def clear() -> None:
     _cached_query.clear()
     _lung_share.clear()
+    _baseline.clear()
     _report_html.clear()
+    _performance.clear()
 
 
 @st.cache_data(ttl=QUERY_TTL_S, max_entries=2, show_spinner=False)
@@ -130,14 +139,19 @@ def _lung_share(mask_paths: tuple[str, ...]) -> tuple[float | None, int]:
     return images.lung_share(list(mask_paths))
 
 
+@st.cache_data(ttl=QUERY_TTL_S, max_entries=64, show_spinner=False)
+def _baseline(db: str, stamp: tuple | None, dataset: str) -> tuple[float | None, int]:
+    masks = query("mask_paths", dataset)
+    return _lung_share(tuple(masks["mask_path"]) if not masks.empty else ())
+
+
 def baselines(datasets) -> dict[str, tuple[float | None, int]]:
     """Uniform-map baseline per dataset: the lungs' share of the image over its test masks,
-    computed from the mask files the DB points at (not stored in the DB)."""
-    out = {}
-    for d in datasets:
-        masks = query("mask_paths", d)
-        out[d] = _lung_share(tuple(masks["mask_path"]) if not masks.empty else ())
-    return out
+    computed from the mask files the DB points at (not stored in the DB). Keyed by the DB's stamp
+    and the dataset, so a rerun neither fetches nor hashes the dataset's mask paths again."""
+    cfg = settings()
+    stamp = db_stamp(cfg.db_path)
+    return {d: _baseline(str(cfg.db_path), stamp, d) for d in datasets}
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)
@@ -152,27 +166,36 @@ def display_mask(mask_path: str | None, shape: tuple[int, int]):
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def load_model(path: str, mtime_ns: int):
-    """(model in eval mode on CPU, sidecar); keyed by mtime so a retrained checkpoint reloads."""
-    from benchmark.training.checkpoints import load_checkpoint
+    """(model in eval mode on CPU, frozen, sidecar); keyed by mtime so a retrained checkpoint reloads.
 
-    return load_checkpoint(path, device="cpu")
+    Every session gets this one object: see live.shareable for why it is frozen."""
+    from benchmark.training.checkpoints import load_checkpoint
+    from dashboard.live import shareable
+
+    model, meta = load_checkpoint(path, device="cpu")
+    return shareable(model), meta
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
 def load_segmenter(stem: str, mtime_ns: int):
-    """(segmenter or None, message) -- None with the reason when no usable checkpoint exists."""
+    """(segmenter or None, note): with a segmenter, which one it is and its held-out Dice; without,
+    the reason (only a --segmenter / $CXR_LUNG_SEGMENTER path that does not exist, or a damaged
+    file: the package ships one)."""
+    from benchmark import paths
     from benchmark.errors import BenchmarkError, WeightsMissingError
     from benchmark.lungseg import load_segmenter as load
 
     try:
-        model, _meta = load(stem)
-        return model, ""
+        model, meta = load(stem)
     except WeightsMissingError:
-        return None, ("No lung segmenter checkpoint found, so CAMs are shown without lung_mass. "
-                      "Train one with `python -m benchmark lungs train` "
-                      "(or `python bench/train_lung_segmenter.py`).")
+        return None, (f"No lung segmenter at {stem}, so CAMs are shown without lung_mass. Fix the path, leave "
+                      f"--segmenter and ${paths.ENV_SEGMENTER} unset to use the segmenter shipped in the package, "
+                      "or train one with `python -m benchmark lungs train`.")
     except (BenchmarkError, OSError, ValueError, KeyError) as exc:
         return None, f"The lung segmenter could not be loaded ({exc}); CAMs are shown without lung_mass."
+    which = "the segmenter shipped in the package" if Path(stem) == paths.SHIPPED_SEGMENTER else f"segmenter {stem}"
+    dice = meta.get("heldout_cohen_dice_native")
+    return model, f"Lung mask from {which}" + (f" (held-out cohen Dice {dice:.3f})." if dice is not None else ".")
 
 
 def segmenter_for(cfg: DashboardSettings):
@@ -180,3 +203,32 @@ def segmenter_for(cfg: DashboardSettings):
     weights = stem.with_suffix(".safetensors")
     mtime = weights.stat().st_mtime_ns if weights.exists() else 0
     return load_segmenter(str(stem), mtime)
+
+
+@st.cache_data(ttl=QUERY_TTL_S, max_entries=64, show_spinner=False)
+def _performance(db: str, stamp: tuple | None, run_ids: tuple[str, ...], n_bins: int, _preds, _details):
+    import pandas as pd
+
+    from benchmark.report import performance as perf
+
+    details = _details.set_index("run_id")
+    classes = perf.classes_of(details.at[run_ids[0], "classes_json"])
+    by_split: dict[str, list] = {}
+    for (run_id, split), rows in _preds.groupby(["run_id", "split"], sort=True):
+        seed = details.at[run_id, "seed"] if run_id in details.index else 0
+        by_split.setdefault(split, []).append(perf.scored(
+            rows, classes, run_id=run_id, split=split, seed=int(seed) if pd.notna(seed) else 0))
+    measured = {split: perf.performance(runs, n_bins=n_bins) for split, runs in by_split.items()}
+    return measured, perf.per_source([r for runs in by_split.values() for r in runs])
+
+
+def performance(run_ids: tuple[str, ...], n_bins: int):
+    """({split: Performance}, per-source table) of a run or seed group, from its stored predictions.
+
+    Keyed like every query by the DB's stamp (and the runs and bins): the bootstrap ROC bands cost
+    a fraction of a second per run and class, paid once per state of the results.
+    """
+    cfg = settings()
+    preds = query("performance_predictions", tuple(run_ids))
+    details = query("run_details")
+    return _performance(str(cfg.db_path), db_stamp(cfg.db_path), tuple(run_ids), n_bins, preds, details)

@@ -6,6 +6,7 @@ import logging
 import duckdb
 import streamlit as st
 
+from benchmark.errors import ResultsDatabaseError
 from dashboard import cache
 from dashboard.render import COLORMAPS
 
@@ -28,6 +29,10 @@ def require_results() -> bool:
         return False
     try:
         overview = cache.query("db_overview")
+    except ResultsDatabaseError as exc:  # corrupt, truncated, or a newer schema: the message says which
+        log.warning("cannot read %s: %s", cfg.db_path, exc)
+        st.error(str(exc), icon=":material/database_off:")
+        return False
     except (duckdb.Error, OSError) as exc:
         log.warning("cannot read %s: %s", cfg.db_path, exc)
         st.error(f"`{cfg.db_path}` cannot be read as a results database: {exc}")
@@ -69,7 +74,7 @@ def sidebar() -> None:
                 o = cache.query("db_overview", stop_when_busy=False)
                 st.caption(f"{o['done_runs']} finished runs, {o['images']} images, {o['cams']} CAMs"
                            + (f", {o['other_runs']} failed" if o["other_runs"] else ""))
-            except (cache.DatabaseBusy, duckdb.Error, OSError):
+            except (cache.DatabaseBusy, ResultsDatabaseError, duckdb.Error, OSError):
                 st.caption("results database busy or unreadable")
         if st.button("Reload results", key="reload_results", icon=":material/refresh:"):
             cache.clear()

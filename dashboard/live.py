@@ -59,13 +59,25 @@ def segment_lungs(segmenter, image: np.ndarray) -> np.ndarray | None:
     return predict_lung_mask(segmenter, image)
 
 
+def shareable(model):
+    """A loaded classifier made ready to be shared by every session (dashboard/cache.py): eval
+    mode, parameters frozen. Nothing per request writes to it after this: CAMs take their layer
+    as an argument and hook only their own thread's forwards (benchmark/cams/hooks.py), and a
+    frozen model's backward fills no `.grad`, so even pytorch-grad-cam's methods run without a lock."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
 def explain(model, meta: dict, image: np.ndarray, method: str, lung_mask: np.ndarray | None = None,
             *, label: str = "") -> LiveCam:
     """Predict `image` with one checkpoint and compute `method`'s map for the predicted class.
 
     The image is squashed to the checkpoint's input size exactly as in training
-    (benchmark.data.imageio.resize_image). Failures of one model (a method that does not apply
-    to it, a broken checkpoint) come back as `error` so the other models still show.
+    (benchmark.data.imageio.resize_image). Safe to call from many sessions at once on one
+    shared model: nothing here changes the model (the method's layer is an argument). Failures of
+    one model (a method that does not apply to it, a broken checkpoint) come back as `error` so
+    the other models still show.
     """
     import torch
 

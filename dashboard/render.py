@@ -159,3 +159,145 @@ def probability_bars(classes: list[str], probs, highlight: str | None = None) ->
     fig.update_layout(height=40 + 26 * len(classes), margin={"l": 0, "r": 0, "t": 0, "b": 0},
                       xaxis={"range": [0, 1], "visible": False}, yaxis={"autorange": "reversed"})
     return fig
+
+
+# ----------------------------------------------------------------------------- performance
+
+def _class_colours(classes) -> dict[str, str]:
+    palette = qualitative.Plotly
+    return {c: palette[i % len(palette)] for i, c in enumerate(classes)}
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    return f"rgba({int(h[0:2], 16)}, {int(h[2:4], 16)}, {int(h[4:6], 16)}, {alpha})"
+
+
+def roc_figure(curves: dict, fpr: np.ndarray, classes, title: str = "") -> go.Figure:
+    """One-vs-rest ROC per class (`benchmark.report.roc.RocCurve` on the grid `fpr`), each with its
+    95% band as a shaded area; the legend gives each class's AUC. Traces per class: the band
+    (named '<class> 95% band') and the curve ('<class> (AUC 0.93)'), after the chance diagonal."""
+    colours = _class_colours(classes)
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
+                               line={"dash": "dot", "color": "#999", "width": 1}, hoverinfo="skip"))
+    for cls in classes:
+        curve = curves.get(cls)
+        if curve is None:
+            continue
+        if np.isfinite(curve.low).any():
+            fig.add_trace(go.Scatter(
+                x=np.r_[fpr, fpr[::-1]], y=np.r_[np.nan_to_num(curve.high, nan=1.0), np.nan_to_num(curve.low)[::-1]],
+                fill="toself", fillcolor=_rgba(colours[cls], 0.18), line={"width": 0}, name=f"{cls} 95% band",
+                legendgroup=cls, showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(
+            x=fpr, y=curve.tpr, mode="lines", name=f"{cls} (AUC {curve.auc:.3f})", legendgroup=cls,
+            line={"color": colours[cls], "width": 2},
+            hovertemplate=f"{cls}<br>FPR %{{x:.2f}}<br>TPR %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title=title or None, height=430, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+                      xaxis={"title": "false positive rate", "range": [0, 1], "constrain": "domain"},
+                      yaxis={"title": "true positive rate", "range": [0, 1.01], "scaleanchor": "x"},
+                      legend={"title": "class (one vs rest)", "x": 0.98, "xanchor": "right", "y": 0.02,
+                              "yanchor": "bottom", "bgcolor": "rgba(255,255,255,0.7)"})
+    return fig
+
+
+def confusion_figure(counts: np.ndarray, classes, normalised: bool = False) -> go.Figure:
+    """The confusion matrix as a heatmap: rows true class, columns predicted; counts, or each row's
+    share (then each cell is also labelled with its count)."""
+    counts = np.asarray(counts)
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.full(counts.shape, np.nan), where=totals > 0)
+    z = share if normalised else counts
+    text = [[(f"{share[i, j]:.0%}<br>({counts[i, j]})" if normalised and totals[i, 0] else
+              f"{counts[i, j]}") for j in range(len(classes))] for i in range(len(classes))]
+    fig = go.Figure(go.Heatmap(
+        z=z.tolist(), x=list(classes), y=list(classes), text=text, texttemplate="%{text}", colorscale="Blues",
+        zmin=0, zmax=1 if normalised else max(1, int(counts.max()) if counts.size else 1),
+        name="row share" if normalised else "count", showscale=False,
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
+    fig.update_layout(height=120 + 60 * len(classes), margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      title="share of each true class" if normalised else "counts",
+                      xaxis={"title": "predicted class", "side": "bottom"},
+                      yaxis={"title": "true class", "autorange": "reversed"})
+    return fig
+
+
+def reliability_figure(rel) -> go.Figure:
+    """Reliability diagram (`benchmark.report.calibration.Reliability`): accuracy per confidence bin
+    as bars, each bin's mean confidence as points, the diagonal of perfect calibration, and the
+    image count per bin on a second axis. The title carries the ECE."""
+    centres = (rel.edges[:-1] + rel.edges[1:]) / 2
+    width = float(rel.edges[1] - rel.edges[0])
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=centres, y=rel.counts, width=width * 0.9, name="images", yaxis="y2",
+                         marker_color="rgba(120,120,120,0.25)", hovertemplate="%{y} images<extra></extra>"))
+    fig.add_trace(go.Bar(x=centres, y=rel.accuracy, width=width * 0.9, name="accuracy", marker_color="#1f77b4",
+                         customdata=np.stack([rel.edges[:-1], rel.edges[1:], rel.counts], axis=1),
+                         hovertemplate=("confidence (%{customdata[0]:.2f}, %{customdata[1]:.2f}]<br>"
+                                        "accuracy %{y:.3f} over %{customdata[2]} images<extra></extra>")))
+    fig.add_trace(go.Scatter(x=centres, y=rel.confidence, mode="markers", name="mean confidence",
+                             marker={"color": "#d62728", "symbol": "line-ew-open", "size": 18,
+                                     "line": {"width": 2, "color": "#d62728"}},
+                             hovertemplate="mean confidence %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                             line={"dash": "dot", "color": "#555", "width": 1}, hoverinfo="skip"))
+    fig.update_layout(
+        title=f"ECE {rel.ece:.3f} · MCE {rel.mce:.3f} · {rel.n} predictions", barmode="overlay", height=430,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        xaxis={"title": "confidence (highest class probability)", "range": [0, 1]},
+        yaxis={"title": "accuracy", "range": [0, 1.02]},
+        # the image counts stay in the lower quarter, under the accuracy bars they explain
+        yaxis2={"title": "images", "overlaying": "y", "side": "right", "showgrid": False,
+                "range": [0, 4 * max(1, int(rel.counts.max()) if rel.counts.size else 1)]},
+        legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+# ----------------------------------------------------------------------------- compare as PNG
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow built without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+TILE_MIN_SIDE = 256  # pixels: a tile's title and numbers need room, whatever the stored image's size
+
+
+def comparison_png(tiles: list[tuple[str, np.ndarray, list[str]]], *, columns: int = 4, title: str = "") -> bytes:
+    """The compare page's side-by-side overlays as one PNG: each tile is (title, RGB picture, caption
+    lines), laid out `columns` per row on white, with an optional title line. PIL only (no plotly
+    image export, which needs kaleido)."""
+    from io import BytesIO
+
+    from PIL import Image, ImageDraw
+
+    if not tiles:
+        raise ValueError("no pictures to put side by side")
+    side = max(TILE_MIN_SIDE, *(max(t[1].shape[0], t[1].shape[1]) for t in tiles))  # small X-rays scaled up
+    pad, line = 10, 18
+    head, foot = line + 6, line * max(len(t[2]) for t in tiles) + 6
+    cols = max(1, min(columns, len(tiles)))
+    rows = -(-len(tiles) // cols)
+    top = line + 2 * pad if title else pad
+    sheet = Image.new("RGB", (cols * (side + pad) + pad, top + rows * (head + side + foot + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    bold, small = _font(15), _font(13)
+    if title:
+        draw.text((pad, pad), title, fill=(0, 0, 0), font=bold)
+    for n, (name, picture, lines) in enumerate(tiles):
+        x = pad + (n % cols) * (side + pad)
+        y = top + (n // cols) * (head + side + foot + pad)
+        draw.text((x, y), str(name), fill=(0, 0, 0), font=bold)
+        image = Image.fromarray(to_rgb(np.asarray(picture, dtype=np.uint8)))
+        scale = side / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+        sheet.paste(image, (x, y + head))
+        for i, text in enumerate(lines):
+            draw.text((x, y + head + image.height + 4 + i * line), str(text), fill=(40, 40, 40), font=small)
+    out = BytesIO()
+    sheet.save(out, format="PNG")
+    return out.getvalue()

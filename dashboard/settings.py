@@ -38,7 +38,7 @@ class DashboardSettings:
 
     db_path: Path
     checkpoints_dir: Path
-    segmenter_stem: Path | None = None  # None: <checkpoints_dir>/lungseg/lung_unet (see `segmenter`)
+    segmenter_stem: Path | None = None  # None: a trained one under checkpoints_dir, else the shipped one
     max_upload_mb: int = MAX_UPLOAD_MB
     lock_wait_s: float = 3.0
 
@@ -48,8 +48,9 @@ class DashboardSettings:
 
     @property
     def segmenter(self) -> Path:
-        """The segmenter stem in use: the one given, else <checkpoints>/lungseg/lung_unet."""
-        return self.segmenter_stem or self.checkpoints_dir / paths.SEGMENTER_SUBPATH
+        """The segmenter stem in use: the one given, else <checkpoints>/lungseg/lung_unet if trained,
+        else the one shipped in the package (the rule is benchmark.paths.choose_segmenter)."""
+        return paths.choose_segmenter(self.segmenter_stem, self.checkpoints_dir)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -62,7 +63,8 @@ def argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", default=None,
                    help=f"checkpoint folder for live CAMs (default ${ENV_CHECKPOINTS} or {DEFAULT_CHECKPOINTS})")
     p.add_argument("--segmenter", default=None,
-                   help=f"lung segmenter checkpoint stem (default ${ENV_SEGMENTER} or checkpoints/lungseg/lung_unet)")
+                   help=f"lung segmenter checkpoint stem (default ${ENV_SEGMENTER}, else checkpoints/lungseg/lung_unet "
+                        "if trained, else the one shipped in the package)")
     return p
 
 

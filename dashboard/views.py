@@ -151,8 +151,13 @@ EXPORT_COLUMNS = ["run_id", "model", "image_id", "label", "pred", "confidence", 
                   "pointing_hit", "lung_iou", "source", "view", "sex", "age", "path"]
 
 
+def export_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The gallery's rows with the columns an export carries (what its CSV/Parquet downloads hold)."""
+    return rows[[c for c in EXPORT_COLUMNS if c in rows]].reset_index(drop=True)
+
+
 def export_csv(rows: pd.DataFrame) -> bytes:
-    return rows[[c for c in EXPORT_COLUMNS if c in rows]].to_csv(index=False).encode()
+    return export_rows(rows).to_csv(index=False).encode()
 
 
 # ----------------------------------------------------------------------------- models
@@ -168,6 +173,9 @@ def checkpoint_label(meta: dict) -> str:
     acc = (meta.get("metrics") or {}).get("accuracy")
     acc_text = f", test acc {acc:.2f}" if isinstance(acc, (int, float)) and math.isfinite(acc) else ""
     extra = ", lungs only" if meta.get("lungs_only") else ""
+    if meta.get("origin") == "imported":  # trained elsewhere (`cxr-audit import`): no dataset of ours
+        stem = str(meta.get("path", "")).replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".safetensors")
+        return f"{meta.get('architecture', '?')} (imported, {stem}){extra}"
     return f"{meta.get('architecture', '?')} on {meta.get('dataset', '?')}{acc_text}{extra}"
 
 
@@ -178,3 +186,66 @@ def rank_checkpoints(checkpoints: list[dict]) -> list[dict]:
         ok = isinstance(acc, (int, float)) and math.isfinite(acc)
         return (0 if ok else 1, -(acc if ok else 0.0), str(meta.get("path", "")))
     return sorted(checkpoints, key=key)
+
+
+# ----------------------------------------------------------------------------- performance page
+
+def performance_choices(details: pd.DataFrame, groups: pd.DataFrame, dataset: str) -> dict[str, tuple[str, tuple]]:
+    """What the Performance page can show for one dataset: option -> (label, run ids).
+
+    Each seed group of several runs comes first as a whole ('group:<first run>', its runs pooled),
+    then each of its runs alone; a run without seed siblings is one option. Ordered by model.
+    """
+    runs = details[details["dataset"] == dataset].merge(groups[["run_id", "seed_group", "n_seeds"]], on="run_id")
+    out: dict[str, tuple[str, tuple]] = {}
+    ordered = runs.assign(_label=[_run_label(r) for r in runs.to_dict("records")])
+    for _, members in ordered.sort_values(["_label", "seed", "run_id"], kind="stable").groupby(
+            "seed_group", sort=False):
+        ids = tuple(members["run_id"])
+        label = members["_label"].iloc[0]
+        if len(ids) > 1:
+            seeds = ", ".join(str(int(s)) for s in members["seed"].dropna())
+            out[f"group:{ids[0]}"] = (f"{label} · {len(ids)} seeds ({seeds}), pooled", ids)
+        for r in members.to_dict("records"):
+            seed = f" · seed {int(r['seed'])}" if len(ids) > 1 and pd.notna(r.get("seed")) else ""
+            out[r["run_id"]] = (f"{label}{seed} · {r['run_id']}", (r["run_id"],))
+    return out
+
+
+def _run_label(row: dict) -> str:
+    extra = [name for name, key in (("ImageNet", "pretrained"), ("lungs only", "lungs_only"))
+             if pd.notna(row.get(key)) and bool(row.get(key))]
+    return f"{row['model']} ({', '.join(extra)})" if extra else str(row["model"])
+
+
+def split_label(split: str) -> str:
+    return "test split" if split == "test" else f"external: {split.split(':', 1)[-1]}" \
+        if split.startswith("external:") else split
+
+
+# ----------------------------------------------------------------------------- gallery in SQL
+
+def slider_range(age: tuple[float, float] | None) -> tuple[float, float] | None:
+    """Whole-number bounds for the age slider from (min, max) age, None without ages (as `age_range`)."""
+    if age is None:
+        return None
+    return float(math.floor(age[0])), float(math.ceil(age[1]))
+
+
+def gallery_query(f: GalleryFilter, order: str) -> dict[str, dict]:
+    """Keyword arguments of `queries.gallery_page`/`gallery_count` for a filter and an order choice:
+    {"filters": ..., "order": ...}, every value hashable (they key the query cache)."""
+    col, ascending = GALLERY_ORDERS.get(order, ("confidence", False))
+    filters = {"run_ids": tuple(f.run_ids), "only_wrong": bool(f.only_wrong), "true_classes": tuple(f.true_classes),
+               "pred_classes": tuple(f.pred_classes), "confidence": tuple(map(float, f.confidence)),
+               "lung_mass": tuple(map(float, f.lung_mass)), "sources": tuple(f.sources), "views": tuple(f.views),
+               "sexes": tuple(f.sexes), "age": None if f.age is None else tuple(map(float, f.age)),
+               "age_full_range": None if f.age_full_range is None else tuple(map(float, f.age_full_range))}
+    return {"filters": filters, "order": {"order": col, "ascending": ascending}}
+
+
+def window(n: int, position: int, size: int) -> slice:
+    """A slice of at most `size` items of a list of `n` holding `position`, centred where the ends allow."""
+    size = max(1, size)
+    start = min(max(0, position - size // 2), max(0, n - size))
+    return slice(start, min(n, start + size))

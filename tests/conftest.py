@@ -53,6 +53,13 @@ def write_png(path: Path, seed: int, size: int = 48) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_weight_downloads(monkeypatch):
+    """No test downloads ImageNet weights, even on a machine with a network ($CXR_OFFLINE, see
+    benchmark/models/weights.py); tests of the download path unset it and fake the network."""
+    monkeypatch.setenv("CXR_OFFLINE", "1")
+
+
 @pytest.fixture
 def cache_env(tmp_path, monkeypatch) -> Path:
     """Point the decode cache at a temporary folder for the test."""

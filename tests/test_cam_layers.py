@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.audit.cam_rows import explained_at, method_maps
+from benchmark.audit.cam_rows import method_maps
 from benchmark.cams.layers import layer_at_stride, layer_strides, resolve_layer, stride_of
 from benchmark.errors import BenchmarkError
 from benchmark.models import create_model
@@ -27,6 +27,7 @@ def test_resnet18_strides_name_its_stages(resnet18, stride, layer):
     assert layer_at_stride(resnet18, stride) == layer
 
 
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_a_layer_inside_a_residual_block_is_never_picked():
     # resnet50's layer4.0.conv1/bn1 run at stride 16 but are one branch of a stride-32 block
     model = create_model("resnet50", num_classes=2)
@@ -60,18 +61,21 @@ def test_probing_leaves_the_model_as_it_was(resnet18):
     resnet18.eval()
 
 
-def test_explained_at_an_alias_restores_the_spec_and_gives_stride16_maps(resnet18):
+def test_an_alias_gives_stride16_maps_without_touching_the_model(resnet18):
     spec = resnet18.spec
     x = torch.rand(2, 1, 128, 128)
     maps = method_maps(resnet18, x, torch.tensor([0, 1]), "hirescam@stride16")
     assert maps.shape == (2, 8, 8)
     assert resnet18.spec is spec
-    with explained_at(resnet18, "stride16"):
-        assert resnet18.spec.cam_target_layer == "layer3" and not resnet18.spec.gap_head
+    assert method_maps(resnet18, x, torch.tensor([0, 1]), "hirescam@layer3").equal(maps)  # stride16 is layer3
+    assert method_maps(resnet18, x, torch.tensor([0, 1]), "hirescam").shape == (2, 4, 4)  # the registry's layer4
+    with pytest.raises(BenchmarkError, match="does not apply.*'stride16'"):
+        method_maps(resnet18, x, torch.tensor([0, 1]), "cam@stride16")  # CAM is defined at the head's layer only
     assert resnet18.spec is spec
 
 
 @pytest.mark.parametrize("name", zoo_params())
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_every_zoo_model_has_a_stride16_layer(name):
     model = create_model(name, num_classes=2)
     layer = layer_at_stride(model, 16)

@@ -103,9 +103,9 @@ def images(n: int = 4, size: int = 64, seed: int = 0) -> torch.Tensor:
 TARGETS = torch.tensor([0, 1, 2, 0])
 
 
-def layer_shape(model: StandIn, x: torch.Tensor) -> tuple[int, int]:
+def layer_shape(model: StandIn, x: torch.Tensor, layer: nn.Module | None = None) -> tuple[int, int]:
     seen = []
-    handle = model.cam_target_layer.register_forward_hook(lambda m, i, o: seen.append(o.shape[-2:]))
+    handle = (layer or model.cam_target_layer).register_forward_hook(lambda m, i, o: seen.append(o.shape[-2:]))
     try:
         with torch.no_grad():
             model(x[:1])
@@ -172,14 +172,16 @@ def test_every_method_gives_normalised_maps_at_layer_resolution(method, fast):
 
 @pytest.mark.parametrize("method", ["gradcam", "hirescam"])
 @pytest.mark.parametrize("factory,size,layer", [(shallow, 64, None), (resnet18, 96, None), (resnet18, 96, "stride16")])
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_fast_path_equals_pytorch_grad_cam(factory, size, layer, method):
-    from benchmark.audit.cam_rows import explained_at
+    from benchmark.cams.layers import target_module
 
     model, x = factory(), images(size=size)
-    with explained_at(model, layer):
-        fast = compute_cams(model, x, TARGETS, method, fast=True)
-        reference = compute_cams(model, x, TARGETS, method, fast=False)
-        shape = layer_shape(model, x)
+    spec = model.spec
+    fast = compute_cams(model, x, TARGETS, method, fast=True, layer=layer)
+    reference = compute_cams(model, x, TARGETS, method, fast=False, layer=layer)
+    shape = layer_shape(model, x, target_module(model, layer))
+    assert model.spec is spec and hook_count(model) == 0  # the layer was an argument, not a change
     if layer:
         assert shape == (6, 6)  # resnet18's layer3 at 96 px: the alias picked the stride-16 block
     assert fast.shape == reference.shape == (4, *shape)
@@ -382,6 +384,7 @@ def test_cams_on_real_xrays_with_lung_masks(cxr_root):
 # --- the real model zoo (benchmark.models), where it exists ---
 
 @pytest.mark.parametrize("name", zoo_params())
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_zoo_models_fast_path_and_cam_applicability(name):
     """Per registry entry: fast Grad-CAM == pytorch-grad-cam, and `cam` exactly where the head is GAP+linear."""
     from benchmark.models import create_model, get_spec

@@ -42,6 +42,7 @@ def test_launcher_builds_the_streamlit_command(tmp_path, monkeypatch):
     assert after[after.index("--checkpoints") + 1] == str(tmp_path / "checkpoints")
 
 
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_sidebar_counts_and_reload(tmp_path, monkeypatch):
     db = build_results_db(tmp_path, FakeResultsSpec(datasets=("d1",), models=("shallow",)))
     monkeypatch.setenv("CXR_RESULTS_DB", str(db))

@@ -41,6 +41,7 @@ def test_leaderboard_shows_every_done_run_and_no_failed_one(app_env):
     assert row.accuracy == pytest.approx(acc) and row.lung_mass == pytest.approx(mass)
 
 
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_filters_change_the_table(app_env):
     at = open_page()
     at.multiselect(key="lb_datasets").set_value(["phantom-clean"]).run()
@@ -99,6 +100,7 @@ def test_uniform_baseline_is_the_lungs_share_of_the_masks(app_env):
     assert share == pytest.approx(expected) and n == FakeResultsSpec().n_test
 
 
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_no_database_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_RESULTS_DB", str(tmp_path / "none.duckdb"))
     for page in (None, "pages/compare.py", "pages/misclassifications.py"):
@@ -114,6 +116,7 @@ def test_db_without_done_runs(tmp_path, monkeypatch):
     assert not at.exception and "no finished runs" in texts(at)
 
 
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_locked_database_keeps_showing_last_results(tmp_path, monkeypatch):
     """A benchmark writer holds the file: the page shows what it read before, and says so."""
     db = build_results_db(tmp_path, FakeResultsSpec(datasets=("d1",), models=("shallow", "resnet18")))
@@ -194,6 +197,7 @@ def test_scatter_has_one_point_per_run_and_the_baselines(results_db):
     assert sorted(s.x0 for s in fig.layout.shapes if s.type == "line") == [0.2, 0.3]
 
 
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_pages_open_on_the_audits_fine_map_when_it_is_stored(tmp_path, monkeypatch):
     assert views.preferred_method_index(["cam", "gradcam", "hirescam@stride16"]) == 2
     assert views.preferred_method_index(["cam", "gradcam"]) == 1
@@ -208,6 +212,7 @@ def test_pages_open_on_the_audits_fine_map_when_it_is_stored(tmp_path, monkeypat
 
 # ----------------------------------------------------------------------------- seeds, costs, report
 
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_seed_groups_show_mean_and_sd_over_seeds(tmp_path, monkeypatch):
     from tests.fixtures_db import phase_seconds
 

@@ -68,14 +68,16 @@ def test_phantom_presets_are_defined_once():
     assert not re.search(r"p_marker\s*=\s*0\.9", (REPO / "benchmark/data/phantom.py").read_text())
 
 
-def test_paths_resolve_argument_then_environment_then_default(monkeypatch):
+def test_paths_resolve_argument_then_environment_then_default(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # relative defaults: nothing trained in ./checkpoints/lungseg here
     for var in (paths.ENV_DATA, paths.ENV_CACHE, paths.ENV_RESULTS_DB, paths.ENV_CHECKPOINTS, paths.ENV_SEGMENTER):
         monkeypatch.delenv(var, raising=False)
     assert paths.data_root() is None and paths.results_db() == Path("results.duckdb")
-    assert paths.segmenter_stem() == Path("checkpoints/lungseg/lung_unet")
+    assert paths.user_segmenter_stem() == Path("checkpoints/lungseg/lung_unet")
+    assert paths.segmenter_stem() == paths.SHIPPED_SEGMENTER
     monkeypatch.setenv(paths.ENV_CHECKPOINTS, "/ck")
     monkeypatch.setenv(paths.ENV_DATA, "/data")
-    assert paths.segmenter_stem() == Path("/ck/lungseg/lung_unet") and paths.data_root() == Path("/data")
+    assert paths.user_segmenter_stem() == Path("/ck/lungseg/lung_unet") and paths.data_root() == Path("/data")
     assert paths.data_root("/given") == Path("/given")
     monkeypatch.setenv(paths.ENV_SEGMENTER, "/seg/x")
     assert paths.segmenter_stem() == Path("/seg/x") and paths.segmenter_stem("y") == Path("y")

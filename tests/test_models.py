@@ -1,4 +1,5 @@
-"""The model zoo: every registered net trains, exposes its CAM layer, and loads local weights only."""
+"""The model zoo: every registered net trains, exposes its CAM layer, and loads ImageNet weights from local files
+(downloads: tests/test_pretrained_weights.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -118,6 +119,7 @@ def test_register_model_rejects_duplicates_and_bad_specs():
 
 
 @pytest.mark.parametrize("name", zoo_params())
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_builds_and_takes_one_training_step(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3)
@@ -197,7 +199,7 @@ def test_googlenet_without_transform_input_matches_torchvisions_pretrained_prepr
         torch.testing.assert_close(ours(x), theirs(imagenet), rtol=1e-4, atol=1e-4)
 
 
-# ------------------------------------------------------------------ pretrained weights: local files only
+# ------------------------------------------------------------------ pretrained weights: local files ($CXR_OFFLINE=1)
 
 
 @pytest.mark.parametrize("name,file_name", [("resnet18", "resnet18-f37072fd.pth"),
@@ -233,6 +235,7 @@ def _assert_loaded(model, saved: dict, head: str):
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_torchvision_weights_from_weights_dir(suffix, tmp_path):
     torch.manual_seed(4)
     saved = {k: v.clone() for k, v in tvm.resnet18(weights=None).state_dict().items()}

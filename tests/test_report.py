@@ -70,9 +70,10 @@ def test_html_report_holds_the_tables_and_is_self_contained(html_report, results
     # provenance: the rejected file, the CAM method not run, the failed run (kept out of the tables)
     assert "empty file" in text and "not applicable: needs a global-average-pooling head" in text
     assert "out of memory" in text and text.count("phantom-clean-vgg19-failed") == 1
-    # figures: accuracy/focus, focus per class, ROC per dataset, CAMs per dataset; all real PNGs
+    # figures: accuracy/focus, focus per class, then per dataset ROC, confusion, calibration, CAMs; all real PNGs
     pngs = _pngs(text)
-    assert text.count(DATA_URI) == len(pngs) == 6
+    assert text.count(DATA_URI) == len(pngs) == 10
+    assert "Confusion matrices on phantom-clean" in text and "Calibration on phantom-shortcut" in text
     for png in pngs:
         assert Image.open(io.BytesIO(png)).size[0] > 100
     # offline: nothing fetched from a network, no script, no external stylesheet or font
@@ -101,7 +102,7 @@ def test_markdown_report_writes_the_pngs_it_links(results_db, tmp_path):
     assert main(["report", "--db", str(results_db), "--out", str(out)]) == 0  # md from the suffix
     text = out.read_text(encoding="utf-8")
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(links) == 6 and all(link.startswith("report_files/") for link in links)
+    assert len(links) == 10 and all(link.startswith("report_files/") for link in links)
     for link in links:
         png = out.parent / link
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -141,6 +142,7 @@ def _run(db, run_id, model, seed, accuracy, *, epochs=3, width=0.1):
                                  "status": "done"}, tables={"metrics": metrics}))
 
 
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_seed_groups_pool_mean_and_sd_over_seeds(tmp_path):
     db = tmp_path / "seeds.duckdb"
     for seed, acc in zip((0, 1, 2), (0.6, 0.7, 0.9)):
@@ -228,6 +230,7 @@ def test_missing_image_files_are_named_in_the_figure(results_db, tmp_path):
         assert cell.mask is not None  # the mask file was not moved: its contour is still drawn
 
 
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_suspects_are_the_accurate_runs_that_look_least_at_the_lungs(results_db):
     with reader(results_db) as con:
         details = queries.run_details(con)
@@ -279,7 +282,7 @@ def test_report_opens_offline_in_chromium_without_console_errors(browser, html_r
     tables = browser.find_elements(By.TAG_NAME, "table")
     assert len(tables) >= 8 and "Accuracy" in tables[0].text and "resnet18" in tables[0].text
     images = browser.find_elements(By.CSS_SELECTOR, "figure img")
-    assert len(images) == 6
+    assert len(images) == 10
     assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
                for img in images), "every figure decodes"
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

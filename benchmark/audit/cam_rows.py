@@ -6,8 +6,6 @@ are computed against the lung mask at input resolution (upsampled maps, see cams
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -25,23 +23,6 @@ from benchmark.errors import BenchmarkError
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def explained_at(model, layer: str | None):
-    """Explain at another layer than the registry's: a dotted path or a stride alias such as
-    `stride16` (cams/layers.py). The original CAM method then no longer applies: only the last
-    block feeds the GAP + linear head."""
-    if layer is None:
-        yield
-        return
-    path = resolve_layer(model, layer)
-    spec = model.spec
-    model.spec = dataclasses.replace(spec, cam_target_layer=path, gap_head=False)
-    try:
-        yield
-    finally:
-        model.spec = spec
-
-
 def method_applicability(model, methods: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """(methods that apply, [(method, why not)] for the rest); names may carry '@layer'. Silent:
     the audit logs and stores the skips once (audit/tables.py)."""
@@ -49,8 +30,9 @@ def method_applicability(model, methods: Sequence[str]) -> tuple[list[str], list
     for name in methods:
         base, layer = split_method(name)
         try:
-            with explained_at(model, layer):
-                applies = base in list_cam_methods(model)
+            if layer is not None:
+                resolve_layer(model, layer)  # a clear error for a layer the net does not have
+            applies = base in list_cam_methods(model, layer)
         except BenchmarkError as exc:
             skipped.append((name, f"not applicable: {exc}"))
             continue
@@ -68,10 +50,12 @@ def applicable_methods(model, methods: Sequence[str]) -> list[str]:
 
 
 def method_maps(model, images: torch.Tensor, targets: torch.Tensor, name: str, device=None, batch_size: int = 32):
-    """compute_cams for a method name that may carry a layer ('hirescam@stride16')."""
+    """compute_cams for a method name that may carry a layer ('hirescam@stride16').
+
+    The layer is passed to compute_cams, never set on the model: one model may be explained at
+    several layers by several threads at once (the dashboard's live CAMs)."""
     base, layer = split_method(name)
-    with explained_at(model, layer):
-        return compute_cams(model, images, targets, base, batch_size=batch_size, device=device)
+    return compute_cams(model, images, targets, base, batch_size=batch_size, device=device, layer=layer)
 
 
 def _cam_targets(preds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:

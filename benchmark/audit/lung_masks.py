@@ -2,7 +2,8 @@
 
 Ground truth: the phantom's exact masks (gt-phantom), the pack's V7 Labs and lungVAE masks
 (gt-v7, gt-lungvae). Every other image gets the mask of the project's own segmenter
-(`predicted`) when one has been trained (`python -m benchmark lungs train`).
+(`predicted`): the one shipped in the package, or one the user trained or named
+(`benchmark.paths.choose_segmenter` holds the rule).
 """
 from __future__ import annotations
 
@@ -34,8 +35,11 @@ def complete_masks(images: np.ndarray, masks: np.ndarray, has_mask: np.ndarray, 
     try:
         model, _ = load_segmenter(stem, device=device)
     except WeightsMissingError:
-        log.warning("%d images have no ground-truth lung mask and no segmenter is trained at %s: they get no "
-                    "lung-focus measures. Train one: python -m benchmark lungs train", len(missing), stem)
+        # Only when a named segmenter (--segmenter, $CXR_LUNG_SEGMENTER) is absent, or the
+        # package lost its shipped one: otherwise the shipped segmenter is always there.
+        log.warning("%d images have no ground-truth lung mask and there is no lung segmenter at %s: they get no "
+                    "lung-focus measures. Fix the path, unset $%s to use the shipped segmenter, or train one: "
+                    "python -m benchmark lungs train", len(missing), stem, paths.ENV_SEGMENTER)
         return masks, sources
     masks[missing] = predict_lung_masks(model, images[missing], device=device)
     for i in missing:
@@ -59,5 +63,7 @@ def segmenter_row(segmenter: str | Path | None) -> dict | None:
             "created_at": meta.get("saved_at") or dt.datetime.now(),
             "image_size": meta.get("input_size"), "dice_heldout": dice,
             "dice_heldout_source": "cohen gt-v7 (native size)" if dice is not None else None,
-            "n_train": meta.get("n_train"), "n_heldout": meta.get("n_val"),
+            # the images the Dice was measured on (cohen held-out patients), not every val image
+            "n_train": meta.get("n_train"),
+            "n_heldout": (meta.get("data") or {}).get("n_cohen_heldout", meta.get("n_val")),
             "config_json": json.dumps(meta.get("config", {}), default=str)}

@@ -1,15 +1,23 @@
-"""One entry point for CAMs: `compute_cams(model, images, targets, method)`.
+"""One entry point for CAMs: `compute_cams(model, images, targets, method, layer=...)`.
 
 Fast methods (cam, gradcam, hirescam) run batched on the model's device (fast.py); every method can run
-through pytorch-grad-cam (the reference path, `fast=False`), wrapped so that it leaves the
-caller's model as it found it: pytorch-grad-cam calls `model.eval()` and fills the parameters'
-`.grad`, and we restore both. Maps come back at the target layer's resolution; `upsample_cam`
-is for display and the lung-focus measures.
+through pytorch-grad-cam (the reference path, `fast=False`). Maps come back at the target
+layer's resolution; `upsample_cam` is for display and the lung-focus measures.
+
+A model may be shared between threads (the dashboard caches one per checkpoint for every
+session), so computing a map never changes it: the layer explained is an argument, not a
+change to the model's spec; hooks are registered and removed within the call and see only its
+own thread's forwards (hooks.py); pytorch-grad-cam gets a view whose `eval()`/`zero_grad()`
+do nothing. The one write left is pytorch-grad-cam's `backward()` into the parameters' `.grad`
+when they require gradients: that path then holds a lock per model and restores `.grad`.
+Frozen models (the dashboard's) and the fast path take no lock.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,6 +31,7 @@ from benchmark.cams.fast import (
     prepare_images,
     upsample_maps,
 )
+from benchmark.cams.layers import target_module
 from benchmark.cams.methods import CamMethod, resolve_cam_method
 from benchmark.errors import BenchmarkError
 
@@ -39,8 +48,12 @@ def compute_cams(
     device: torch.device | str | None = None,
     fast: bool = True,
     amp: bool = False,
+    layer: str | None = None,
 ) -> torch.Tensor:
     """Maps N x h x w (float32, CPU, each in [0,1], never NaN) of `method` for `targets`.
+
+    `layer` explains at another layer than the registry's: a dotted path inside `model.net`
+    or a stride alias such as `stride16` (layers.py); GAP-head methods (`cam`) then do not apply.
 
     `images` is N x 1 x H x W float in [0,1] (uint8 is scaled) on any device; batches are moved
     to the model's device. `device`, if given, must be the model's device: the model is never
@@ -48,10 +61,12 @@ def compute_cams(
     `amp` runs the fast path's forward under bf16 autocast on CUDA (maps still in fp32; see
     fast._autocast for why it is off by default). N == 0 gives an empty 0 x 0 x 0 tensor.
     """
-    entry = resolve_cam_method(method, model)
+    entry = resolve_cam_method(method, model, layer)
+    target_layer = target_module(model, layer)
     if fast and entry.fast is not None:
-        return entry.fast(model, images, targets, batch_size=batch_size, device=device, amp=amp)
-    return _pytorch_grad_cam_maps(model, entry, images, targets, batch_size=batch_size, device=device)
+        return entry.fast(model, images, targets, batch_size=batch_size, device=device, amp=amp,
+                          target_layer=target_layer)
+    return _pytorch_grad_cam_maps(model, entry, images, targets, target_layer, batch_size=batch_size, device=device)
 
 
 def upsample_cam(cam: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -65,28 +80,42 @@ def upsample_cam(cam: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.nd
     raise BenchmarkError(f"a CAM is h x w or N x h x w, got shape {tuple(tensor.shape)}")
 
 
+_model_locks: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+def _model_lock(model: torch.nn.Module) -> threading.Lock:
+    with _model_locks_guard:
+        return _model_locks.setdefault(model, threading.Lock())
+
+
 @contextlib.contextmanager
-def preserved_model_state(model: torch.nn.Module) -> Iterator[None]:
-    """Restore every submodule's train/eval flag and every parameter's .grad on exit."""
-    modes = [(module, module.training) for module in model.modules()]
-    grads = [(param, param.grad) for param in model.parameters()]
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-        for param, grad in grads:
-            param.grad = grad
+def _gradients_kept(model: torch.nn.Module) -> Iterator[None]:
+    """For pytorch-grad-cam on a model whose parameters require gradients: its backward()
+    writes their `.grad`. One such call per model at a time, and every `.grad` restored."""
+    if not any(param.requires_grad for param in model.parameters()):
+        yield  # frozen: backward() writes nothing of the model's, no lock needed
+        return
+    with _model_lock(model):
+        grads = [(param, param.grad) for param in model.parameters()]
+        for param, _ in grads:
+            param.grad = None  # backward() then makes new tensors instead of adding to the caller's
+        try:
+            yield
+        finally:
+            for param, grad in grads:
+                param.grad = grad
 
 
-def _pytorch_grad_cam_maps(model, entry: CamMethod, images, targets, *, batch_size, device) -> torch.Tensor:
+def _pytorch_grad_cam_maps(model, entry: CamMethod, images, targets, target_layer, *, batch_size,
+                           device) -> torch.Tensor:
     """Reference path: pytorch-grad-cam's own classes, maps at layer resolution."""
     device, targets_cpu = check_batch_args(model, images, targets, batch_size, device)
     maps: list[torch.Tensor] = []
     # a frozen model's layer outputs need a graph for pytorch-grad-cam's gradient hooks
     needs_input_grad = not any(param.requires_grad for param in model.parameters())
-    with preserved_model_state(model):
-        cam = entry.build(model)
+    with _gradients_kept(model):
+        cam = entry.build(model, target_layer)
         cam.batch_size = batch_size  # ScoreCAM's inner batch of masked inputs
         try:
             for start in range(0, images.shape[0], batch_size):

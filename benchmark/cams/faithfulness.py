@@ -1,8 +1,8 @@
-"""Does a CAM point at what the model uses? Perturbation scores from pytorch-grad-cam, per image.
+"""Does a CAM point at what the model uses? Perturbation scores, per image, on the model's device.
 
 Lung focus says where a map lies; these say whether the map is faithful to the model, so that
 "the CAM is off the lungs" can be read as "the model looks off the lungs" (and not as a poor
-explanation method). Run on a sample: ROAD solves one sparse system per image and percentile.
+explanation method). Run on a sample of images.
 
 - road_combined: ROAD (Rong et al. 2022) with noisy linear imputation, (LeRF - MoRF) / 2 of
   the target's softmax probability averaged over the percentiles. Higher is more faithful:
@@ -10,28 +10,25 @@ explanation method). Run on a sample: ROAD solves one sparse system per image an
 - confidence_drop: target probability on the image minus on the image multiplied by the map
   (pytorch-grad-cam's CamMultImageConfidenceChange, sign flipped so a drop is positive).
 
-Checked for 1-channel inputs: NoisyLinearImputer takes (C, H, W) with C = 1 (scipy returns a
-vector for a one-column right-hand side, which broadcasts back into the image). Adapted: ROAD
+Both are pytorch-grad-cam's metrics computed in torch, batched, on the images' device
+(`cams/road.py`; tests/test_road_torch.py holds them equal to pytorch-grad-cam's). Adapted: ROAD
 only uses the map's order (percentile cuts), and maps with large tied regions (a ReLU'd map is
 often zero on most of the image) make a cut remove every pixel or none; so ROAD receives the
 map's ranks with ties broken by a seeded random order. For maps without ties the ranks give
-exactly pytorch-grad-cam's result. The imputer's noise uses torch's CPU generator, forked and
-seeded here so results repeat and the caller's RNG state is untouched.
+exactly pytorch-grad-cam's cuts. The imputer's noise comes from a CPU generator seeded here, so
+results repeat, are the same on CPU and GPU up to float rounding, and the caller's RNG is untouched.
 """
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
-from pytorch_grad_cam.metrics.road import ROADCombined
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 from benchmark.cams.engine import upsample_cam
 from benchmark.cams.fast import check_targets, prepare_images, resolve_device
+from benchmark.cams.road import confidence_drop, road_scores, target_probability
 from benchmark.errors import BenchmarkError
 
 log = logging.getLogger(__name__)
@@ -65,7 +62,8 @@ def faithfulness_scores(
     """{"road_combined": (N,), "confidence_drop": (N,)} float32 for N images and their maps.
 
     Maps at layer resolution are upsampled to the images' size first. The model's mode is the
-    caller's (use eval); it is not changed here.
+    caller's (use eval); it is not changed here. Everything after the ranking runs on the
+    model's device, `batch_size` images (x 2 x percentiles imputations) at a time.
     """
     device = resolve_device(model, device)
     check_targets(targets, images.shape[0])
@@ -77,26 +75,24 @@ def faithfulness_scores(
     if cams.shape[-2:] != size:
         cams = upsample_cam(cams, size)
     cams = np.nan_to_num(cams, nan=0.0, posinf=0.0, neginf=0.0)
-
-    road = ROADCombined(percentiles=list(percentiles))
-    mult = CamMultImageConfidenceChange()
-    rng = np.random.default_rng(seed)
-    road_scores, drops = [], []
-    targets_cpu = targets.detach().to("cpu", torch.int64)
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        # pytorch-grad-cam calls np.float32(tensor): a NumPy 2 deprecation, not ours to fix
-        warnings.filterwarnings("ignore", message=".*__array_wrap__.*", category=DeprecationWarning)
-        torch.manual_seed(seed)
-        for start in range(0, images.shape[0], batch_size):
-            x = prepare_images(images[start:start + batch_size], device)
-            maps = cams[start:start + batch_size]
-            batch_targets = [ClassifierOutputSoftmaxTarget(int(k)) for k in targets_cpu[start:start + batch_size]]
-            road_scores.append(np.asarray(road(x, rank_maps(maps, rng), batch_targets, model), dtype=np.float32))
-            change = mult(x, maps, batch_targets, model)
-            drops.append(-np.asarray(change, dtype=np.float32))
-    if not road_scores:
+    if images.shape[0] == 0:
         return {"road_combined": np.zeros(0, np.float32), "confidence_drop": np.zeros(0, np.float32)}
-    result = {"road_combined": np.concatenate(road_scores), "confidence_drop": np.concatenate(drops)}
+
+    ranks = torch.from_numpy(rank_maps(cams, np.random.default_rng(seed)))
+    noise = torch.Generator().manual_seed(seed)  # CPU draws: the same noise on every device
+    targets = targets.detach().to("cpu", torch.int64)
+    road, drops = [], []
+    for start in range(0, images.shape[0], batch_size):
+        x = prepare_images(images[start:start + batch_size], device)
+        t = targets[start:start + batch_size]
+        before = target_probability(model, x, t.to(device), batch_size)  # shared by both scores
+        road.append(road_scores(model, x, ranks[start:start + batch_size], t, percentiles=list(percentiles),
+                                generator=noise, batch_size=batch_size, chunk=batch_size,
+                                before=before)["combined"].cpu())
+        drops.append(confidence_drop(model, x, torch.from_numpy(cams[start:start + batch_size]), t,
+                                     batch_size=batch_size, before=before).cpu())
+    result = {"road_combined": torch.cat(road).numpy().astype(np.float32),
+              "confidence_drop": torch.cat(drops).numpy().astype(np.float32)}
     for name, values in result.items():
         if not np.isfinite(values).all():
             log.warning("%s: %d non-finite score(s)", name, int((~np.isfinite(values)).sum()))

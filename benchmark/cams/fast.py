@@ -7,6 +7,10 @@ gradients with `torch.autograd.grad` w.r.t. the hooked activation only (so the p
 `.grad` are never touched and no backward runs past the CAM layer), normalises per image on the
 device and copies the maps to the CPU once at the end. The caller owns the model's mode.
 
+Safe on a model shared between threads: the layer explained is an argument (`target_layer`),
+never a change to the model, and its hook sees only the calling thread's forwards (hooks.py).
+Nothing here writes to the model, so no lock is taken.
+
 The maps equal pytorch-grad-cam's (ReLU, then `scale_cam_image`'s min-max: cam - min,
 / (1e-7 + max)) at the target layer's own resolution; tests compare them.
 """
@@ -14,11 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
+from benchmark.cams.hooks import capture_layer_output
 from benchmark.errors import BenchmarkError
 
 log = logging.getLogger(__name__)
@@ -39,18 +43,6 @@ def resolve_device(model: torch.nn.Module, device: torch.device | str | None = N
     if device.type != model_device.type or not same_index:
         raise BenchmarkError(f"CAMs asked on {device} but the model is on {model_device}; move the model first")
     return model_device
-
-
-@contextlib.contextmanager
-def capture_layer_output(layer: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Forward hook storing the layer's outputs; the handle is removed on any exit."""
-    outputs: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda module, inputs, output: outputs.append(output))
-    try:
-        yield outputs
-    finally:
-        handle.remove()
-        outputs.clear()
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -157,12 +149,14 @@ def classifier_weight(model, channels: int) -> torch.Tensor:
     return weight
 
 
-def _run_batched(model, images, targets, batch_size, device, amp, one_batch) -> torch.Tensor:
-    """Shared loop: hook once, run `one_batch` per slice, one copy to the CPU at the end."""
+def _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer) -> torch.Tensor:
+    """Shared loop: hook once (this thread's forwards only), run `one_batch` per slice, one copy
+    to the CPU at the end. `target_layer` is the module explained (None: the registry's)."""
     device, targets_cpu = check_batch_args(model, images, targets, batch_size, device)
     maps: list[torch.Tensor] = []
     nonfinite = torch.zeros((), dtype=torch.int64, device=device)
-    with capture_layer_output(model.cam_target_layer) as outputs:
+    layer = model.cam_target_layer if target_layer is None else target_layer
+    with capture_layer_output(layer) as outputs:
         for start in range(0, images.shape[0], batch_size):
             x = prepare_images(images[start:start + batch_size], device)
             t_cpu = targets_cpu[start:start + batch_size]
@@ -196,18 +190,20 @@ def _target_gradients(model, x, t_cpu, outputs, dev, amp) -> tuple[torch.Tensor,
 
 
 def grad_cams(model, images: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 32,
-              device: torch.device | str | None = None, amp: bool = False) -> torch.Tensor:
+              device: torch.device | str | None = None, amp: bool = False,
+              target_layer: torch.nn.Module | None = None) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al.): weights = spatial mean of d(target logit)/d(activation)."""
 
     def one_batch(x, t_cpu, outputs, dev, amp):
         act, grads = _target_gradients(model, x, t_cpu, outputs, dev, amp)
         return torch.einsum("nk,nkhw->nhw", grads.mean(dim=(2, 3)), act)
 
-    return _run_batched(model, images, targets, batch_size, device, amp, one_batch)
+    return _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer)
 
 
 def hires_cams(model, images: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 32,
-               device: torch.device | str | None = None, amp: bool = False) -> torch.Tensor:
+               device: torch.device | str | None = None, amp: bool = False,
+               target_layer: torch.nn.Module | None = None) -> torch.Tensor:
     """HiResCAM (Draelos & Carin): sum over channels of gradient x activation, element-wise, so
     each cell keeps its own gradient instead of the channel's spatial mean."""
 
@@ -215,11 +211,12 @@ def hires_cams(model, images: torch.Tensor, targets: torch.Tensor, *, batch_size
         act, grads = _target_gradients(model, x, t_cpu, outputs, dev, amp)
         return (grads * act).sum(dim=1)
 
-    return _run_batched(model, images, targets, batch_size, device, amp, one_batch)
+    return _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer)
 
 
 def class_activation_maps(model, images: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 32,
-                          device: torch.device | str | None = None, amp: bool = False) -> torch.Tensor:
+                          device: torch.device | str | None = None, amp: bool = False,
+                          target_layer: torch.nn.Module | None = None) -> torch.Tensor:
     """CAM (Zhou et al.): weights = classifier row of the target class; no backward at all.
 
     Valid only for GAP heads (the registry checks `spec.gap_head`); then it equals Grad-CAM up
@@ -234,4 +231,4 @@ def class_activation_maps(model, images: torch.Tensor, targets: torch.Tensor, *,
         rows = classifier_weight(model, act.shape[1]).to(dev)[t_cpu.to(dev, non_blocking=True)]
         return torch.einsum("nk,nkhw->nhw", rows, act)
 
-    return _run_batched(model, images, targets, batch_size, device, amp, one_batch)
+    return _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer)

@@ -13,14 +13,15 @@ at 128 px), 0.75 at 8 x 8 and 0.86 at 14 x 14 (bench/RESULTS.md).
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 import weakref
 
 import torch
 
-from benchmark.cams.engine import preserved_model_state
 from benchmark.cams.fast import resolve_device
+from benchmark.cams.hooks import remove_hooks, scoped_forward_hook
 from benchmark.errors import BenchmarkError
 
 STRIDE_ALIAS = re.compile(r"^stride(\d+)$")
@@ -48,10 +49,13 @@ def layer_strides(model, size: int = _PROBE_SIZE) -> list[tuple[str, float]]:
     """(dotted name, stride) of the layers a stride alias may pick, in the order the forward
     pass finishes them, up to and including the registry's CAM layer: layers on the main path
     (see `_on_main_path`), called once per forward (a hook on a shared ReLU would see several
-    tensors), with a 4-D output. One no-grad forward of a blank image in eval mode; the
-    model's train/eval flags are restored."""
+    tensors), with a 4-D output. One no-grad forward of a blank image, hooked for this thread
+    only; the model is not changed: one in train mode (whose batch-norm layers would update
+    their running statistics) is probed through a copy in eval mode."""
     device = resolve_device(model)
     size = max(size, int(getattr(model.spec, "min_input_size", 0) or 0))
+    if any(module.training for module in model.modules()):
+        model = copy.deepcopy(model).eval()
     modules = dict(model.net.named_modules())
     seen: list[tuple[str, float]] = []
     calls: dict[str, int] = {}
@@ -65,14 +69,12 @@ def layer_strides(model, size: int = _PROBE_SIZE) -> list[tuple[str, float]]:
             if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-1] > 0:
                 seen.append((name, size / output.shape[-1]))
 
-        handles.append(module.register_forward_hook(hook))
+        handles.append(scoped_forward_hook(module, hook))
     try:
-        with preserved_model_state(model), torch.no_grad():
-            model.eval()
+        with torch.no_grad():
             model(torch.zeros(1, 1, size, size, device=device))
     finally:
-        for handle in handles:
-            handle.remove()
+        remove_hooks(handles)
     names = [name for name, _ in seen]
     target = model.spec.cam_target_layer
     end = names.index(target) + 1 if target in names else len(seen)
@@ -111,3 +113,10 @@ def resolve_layer(model, layer: str) -> str:
         raise BenchmarkError(f"{model.spec.name} has no layer {layer!r}; its top-level layers: "
                              f"{', '.join(children)} (or a stride alias such as stride16)") from None
     return layer
+
+
+def target_module(model, layer: str | None) -> torch.nn.Module:
+    """The module a CAM explains: the registry's CAM layer, or `layer` (a path or stride alias)."""
+    if layer is None:
+        return model.cam_target_layer
+    return model.net.get_submodule(resolve_layer(model, layer))

@@ -25,9 +25,11 @@ from pytorch_grad_cam import (
     LayerCAM,
     ScoreCAM,
 )
+from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.base_cam import BaseCAM
 
 from benchmark.cams import fast as fast_paths
+from benchmark.cams.hooks import remove_hooks, scoped_forward_hook
 from benchmark.errors import BenchmarkError, UnknownNameError
 
 
@@ -49,6 +51,50 @@ class AtLayerResolution:
         return None
 
 
+class ScopedActivationsAndGradients(ActivationsAndGradients):
+    """pytorch-grad-cam's activation/gradient recorder with hooks that see only this thread.
+
+    Its own constructor hooks the layer for every thread's forward, so on a model shared by
+    dashboard sessions one request's map could be built from another's activations. Gradients
+    are recorded by tensor hooks on this call's own activations, so they need no filter.
+    """
+
+    def __init__(self, model, target_layers, reshape_transform=None, detach: bool = True):
+        super().__init__(model, [], reshape_transform, detach)  # registers nothing
+        for layer in target_layers:
+            self.handles.append(scoped_forward_hook(layer, self.save_activation))
+            self.handles.append(scoped_forward_hook(layer, self.save_gradient))
+
+    def release(self):
+        self.clear()
+        remove_hooks(self.handles)
+        self.handles.clear()
+
+
+class CallOnlyView:
+    """What pytorch-grad-cam is given instead of the model: it can call it, read it and find its
+    device, but its `eval()` and `zero_grad()` (BaseCAM calls both) touch nothing. Another
+    session's forward on the same model must not see its mode or gradients change."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __call__(self, *args, **kwargs):
+        return self._model(*args, **kwargs)
+
+    def eval(self):
+        return self
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        return None
+
+    def parameters(self, recurse: bool = True):
+        return self._model.parameters(recurse)
+
+    def __getattr__(self, name):  # .net, .spec for ClassActivationMap
+        return getattr(self._model, name)
+
+
 @dataclass(frozen=True)
 class CamMethod:
     """One registry entry.
@@ -64,15 +110,23 @@ class CamMethod:
     fast: Callable | None = None
     summary: str = ""
 
-    def applies_to(self, model) -> bool:
-        return not self.requires_gap_head or bool(model.spec.gap_head)
+    def applies_to(self, model, layer: str | None = None) -> bool:
+        """Whether the method explains `model` at `layer` (None: the registry's CAM layer). A
+        GAP-head method applies only at the registry's layer: only that one feeds the head."""
+        return not self.requires_gap_head or (layer is None and bool(model.spec.gap_head))
 
-    def build(self, model) -> BaseCAM:
-        """A pytorch-grad-cam object hooked on the model's CAM layer (caller releases it).
+    def build(self, model, target_layer: torch.nn.Module) -> BaseCAM:
+        """A pytorch-grad-cam object for one call, hooked on `target_layer` for the calling
+        thread only; the caller releases it (`.activations_and_grads.release()`).
 
-        Note: BaseCAM.__init__ calls model.eval(); the engine restores the caller's mode.
+        It gets a CallOnlyView of the model, so BaseCAM's `model.eval()` and `zero_grad()` change
+        nothing: the maps use the caller's mode, as the fast path does.
         """
-        return self.cam_class(model, [model.cam_target_layer])
+        cam = self.cam_class(CallOnlyView(model), [])  # no layers: BaseCAM registers no hooks
+        cam.target_layers = [target_layer]
+        cam.activations_and_grads = ScopedActivationsAndGradients(cam.model, [target_layer],
+                                                                  cam.reshape_transform, cam.detach)
+        return cam
 
 
 CAM_METHODS: dict[str, CamMethod] = {}
@@ -108,9 +162,9 @@ def register_cam_method(
     return add
 
 
-def list_cam_methods(model=None) -> list[str]:
-    """Registered method names; with a model, only those that apply to it."""
-    return sorted(n for n, m in CAM_METHODS.items() if model is None or m.applies_to(model))
+def list_cam_methods(model=None, layer: str | None = None) -> list[str]:
+    """Registered method names; with a model, only those that apply to it (at `layer`)."""
+    return sorted(n for n, m in CAM_METHODS.items() if model is None or m.applies_to(model, layer))
 
 
 def get_cam_method(name: str) -> CamMethod:
@@ -120,16 +174,17 @@ def get_cam_method(name: str) -> CamMethod:
         raise UnknownNameError("CAM method", name, CAM_METHODS) from None
 
 
-def resolve_cam_method(name: str, model) -> CamMethod:
-    """The entry for `name`, checked against the model: a clear error instead of a wrong map."""
+def resolve_cam_method(name: str, model, layer: str | None = None) -> CamMethod:
+    """The entry for `name`, checked against the model and layer: a clear error instead of a wrong map."""
     method = get_cam_method(name)
-    if not method.applies_to(model):
+    if not method.applies_to(model, layer):
+        why = ("and this model's spec has gap_head=False" if layer is None
+               else f"and is defined only at the layer feeding that head, not at {layer!r}")
         raise CamMethodNotApplicable(
             method.name,
             getattr(model.spec, "name", type(model).__name__),
-            "it needs a global-average-pooling head (logits = Linear(GAP(target layer))) "
-            "and this model's spec has gap_head=False",
-            list_cam_methods(model),
+            f"it needs a global-average-pooling head (logits = Linear(GAP(target layer))) {why}",
+            list_cam_methods(model, layer),
         )
     return method
 

@@ -21,6 +21,7 @@ COMMANDS = {
     ("lungs", "train"): "lungs:cmd_lungs_train",
     ("lungs", "predict"): "lungs:cmd_lungs_predict",
     ("report", None): "report:cmd_report",
+    ("import", None): "import_:cmd_import",
 }
 
 

@@ -33,16 +33,20 @@ def cmd_data_list(args) -> int:
     print("\nFolder layouts (--data PATH, or sources under --data-root):")
     for name in sources.LAYOUTS:
         print(f"  {name:10s} {sources.LAYOUTS[name].description}")
+    from benchmark.data import manifest
+    print(f"\nCSV manifest (--data FILE.csv): columns {', '.join(manifest.REQUIRED)} (optional: "
+          f"{', '.join(manifest.OPTIONAL)}); paths relative to the CSV's folder")
     return 0
 
 
 def cmd_data_check(args) -> int:
-    from benchmark.data import sources
-    from benchmark.data.decode import DecodeCache
+    from benchmark.data import manifest, sources
     from benchmark.data.imageio import read_image
     from benchmark.errors import ImageRejected
 
     path = Path(args.path)
+    if manifest.is_manifest(path):
+        return _check_records(args, path, "CSV manifest", manifest.load_manifest(path))
     if path.is_file():
         try:
             img = read_image(path)
@@ -52,8 +56,13 @@ def cmd_data_check(args) -> int:
             print(f"{path}: rejected: {exc.reason}")
             return 1
     layout = sources.detect_layout(path)
-    records = sources.load_folder(path, layout)
-    print(f"{path}: {layout} layout, {len(records)} images, {len({r.patient_id for r in records})} patients")
+    return _check_records(args, path, f"{layout} layout", sources.load_folder(path, layout))
+
+
+def _check_records(args, path: Path, what: str, records: list) -> int:
+    from benchmark.data.decode import DecodeCache
+
+    print(f"{path}: {what}, {len(records)} images, {len({r.patient_id for r in records})} patients")
     for label, n in sorted(Counter(r.label for r in records).items()):
         print(f"  {label:22s} {n}")
     with_masks = sum(bool(r.mask_path) for r in records)

@@ -56,3 +56,16 @@ def config_from_args(cls, args: argparse.Namespace, **overrides):
     """The config with every field the parser has taken from the flags, the rest at defaults."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**{**values, **overrides})
+
+
+def config_flags(config) -> list[str]:
+    """The flags that rebuild `config` (every CLI field, default or not), e.g. for a sidecar's command line."""
+    out: list[str] = []
+    for f in cli_fields(type(config)):
+        value = getattr(config, f.name)
+        if isinstance(value, bool):
+            if value != f.default:
+                out.append(_flag(f))
+        elif value is not None:
+            out += [_flag(f), str(value)]
+    return out

@@ -5,13 +5,13 @@ import argparse
 
 from benchmark import paths
 from benchmark.cli.options import add_config_args
-from benchmark.config import AuditConfig, DataConfig, TrainConfig
+from benchmark.config import AuditConfig, DataConfig, ExecutorConfig, TrainConfig
 from benchmark.lungseg.pipeline import LungTrainConfig
 from benchmark.pipeline.experiment import shipped_experiments
 from benchmark.pipeline.spec import JobSpec
 
 DB_HELP = f"results database (default ${paths.ENV_RESULTS_DB} or {paths.DEFAULT_RESULTS_DB})"
-CAM_OPTIONS = ("cam_methods", "segmenter", "faithfulness_sample")
+CAM_OPTIONS = ("cam_methods", "segmenter", "faithfulness_sample", "sanity_sample")
 
 
 def _models_help() -> str:
@@ -45,6 +45,7 @@ def _add_run(sub) -> None:
     run.add_argument("--db", default=None, help=DB_HELP)
     add_config_args(run, JobSpec)
     run.add_argument("--force", action="store_true", help="redo pairs already done")
+    add_config_args(run, ExecutorConfig)
 
 
 def _add_data(sub) -> None:
@@ -52,7 +53,8 @@ def _add_data(sub) -> None:
     dsub = data.add_subparsers(dest="data_command", required=True)
     dl = dsub.add_parser("list", help="presets, layouts, and what the data root holds")
     add_config_args(dl, DataConfig, include=["data_root"])
-    dc = dsub.add_parser("check", help="read every image of a folder or file; report counts and rejections")
+    dc = dsub.add_parser("check", help="read every image of a folder, a CSV manifest or one file; report "
+                                       "counts and rejections")
     dc.add_argument("path")
     dc.add_argument("--size", type=int, default=224, help="decode size to check at (default 224)")
     add_config_args(dc, DataConfig, include=["cache_dir"])
@@ -87,7 +89,10 @@ def _add_lungs(sub) -> None:
     lt = lsub.add_parser("train", help="train the compact U-Net on the pack's cohen masks (+ phantom masks)",
                          description="Train the lung segmenter on ground-truth masks (cohen V7/lungVAE masks "
                                      "under --data-root, plus phantom masks), report Dice on held-out cohen "
-                                     "patients (V7 masks, native size), save safetensors + JSON.")
+                                     "patients (V7 masks, native size), save safetensors + JSON. Runs and the "
+                                     "dashboard use it instead of the segmenter shipped in the package "
+                                     "(benchmark/lungseg/weights/lung_unet, trained by this command with "
+                                     "--out benchmark/lungseg/weights/lung_unet and the defaults).")
     add_config_args(lt, DataConfig, include=["data_root"])
     lt.add_argument("--out", default=None, help="checkpoint stem (default $CXR_LUNG_SEGMENTER or "
                                                 "checkpoints/lungseg/lung_unet)")
@@ -110,12 +115,60 @@ def _add_report(sub) -> None:
                           "beside it); default: from --out's suffix, else html")
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a comma list of numbers, got {text!r}") from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _add_import(sub) -> None:
+    from benchmark.models.imported import (
+        DEFAULT_INPUT_SIZE,
+        DEFAULT_NORMALIZATION,
+        IMPORTED_DIR,
+        LIBRARIES,
+        NORMALIZATIONS,
+    )
+
+    imp = sub.add_parser("import", help="make a model trained elsewhere (torchvision/timm state dict) a checkpoint",
+                         description="Turn the state dict of any torchvision or timm architecture (.pt/.pth read with "
+                                     "torch.load(weights_only=True), or .safetensors) into a checkpoint the tool "
+                                     "audits like its own: `evaluate`, `cams`, the leaderboard and Live CAM. Keys "
+                                     "must match the architecture (prefixes such as module. are removed) and the "
+                                     "classifier must have one output per class. Prints the checkpoint's path.")
+    imp.add_argument("--arch", required=True, help="architecture name in torchvision or timm (e.g. resnet18, "
+                                                   "densenet121, efficientnet_b0, convnext_tiny)")
+    imp.add_argument("--weights", required=True, help="state dict file: .pt, .pth, .bin or .safetensors")
+    imp.add_argument("--classes", required=True, type=_name_list,
+                     help="comma list of class names, in the order of the model's outputs "
+                          "(e.g. normal,pneumonia,covid)")
+    imp.add_argument("--library", choices=("auto", *LIBRARIES), default="auto",
+                     help="which library's architecture (default auto: torchvision, else timm; the one the "
+                          "weights fit)")
+    imp.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE,
+                     help=f"square input size the model was trained at (default {DEFAULT_INPUT_SIZE})")
+    imp.add_argument("--normalization", choices=tuple(NORMALIZATIONS), default=None,
+                     help="input normalisation: " + "; ".join(f"{k}: {v[2]}" for k, v in NORMALIZATIONS.items())
+                          + f" (default {DEFAULT_NORMALIZATION}, or --mean/--std)")
+    imp.add_argument("--mean", type=_float_list, default=None,
+                     help="per-channel mean of [0, 1] pixels (one value, or one per input channel)")
+    imp.add_argument("--std", type=_float_list, default=None, help="per-channel std, with --mean")
+    imp.add_argument("--out", default=None, help=f"checkpoint file or stem (default <checkpoints>/{IMPORTED_DIR}/"
+                                                 "<arch>-<hash>.safetensors)")
+    add_config_args(imp, JobSpec, include=["checkpoint_dir"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-audit", description="Shortcut-learning audit of chest X-ray "
                                      "classifiers: python -m benchmark {run,data,cams,evaluate,lungs} (--help "
                                      "everywhere).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_data, _add_cams, _add_evaluate, _add_lungs, _add_report):
+    for add in (_add_run, _add_data, _add_cams, _add_evaluate, _add_lungs, _add_report, _add_import):
         add(sub)
     return parser

@@ -5,9 +5,10 @@ import pandas as pd
 
 from benchmark import paths
 from benchmark.cli.options import config_from_args
-from benchmark.config import AuditConfig, DataConfig, TrainConfig
+from benchmark.config import AuditConfig, DataConfig, ExecutorConfig, TrainConfig
 from benchmark.data.splits import split_counts
 from benchmark.models import resolve_models
+from benchmark.pipeline.executors import create_executor
 from benchmark.pipeline.experiment import Experiment, load_experiment
 from benchmark.pipeline.external import run_external_matrix
 from benchmark.pipeline.grid import run_grid
@@ -59,8 +60,9 @@ def cmd_run(args) -> int:
     if args.experiment:
         print(f"experiment {experiment.name}: {experiment.description} ({len(specs)} runs)")
     loaded: dict = {}  # the grid reuses these loads instead of reading the sources again
+    executor = create_executor(config_from_args(ExecutorConfig, args), loaded=loaded)
     _print_datasets(specs, loaded)
-    statuses = run_grid(specs, db, force=args.force, loaded=loaded)
+    statuses = run_grid(specs, db, force=args.force, loaded=loaded, executor=executor)
     external = run_external_matrix(experiment.external_pairs({s.data.name: load_job_dataset(s, loaded).classes
                                                               for s in specs}), specs, db, loaded=loaded,
                                    force=args.force)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark import paths
-from benchmark.data import phantom, sources
+from benchmark.data import manifest, phantom, sources
 from benchmark.data.presets import presets
 from benchmark.data.records import ImageRecord
 from benchmark.data.splits import patient_split
@@ -97,13 +97,18 @@ def load_dataset(name: str, *, data_root: str | Path | None = None, data_seed: i
                     records.append(r)
         classes = list(spec["classes"])
         desc = spec["description"]
+    elif manifest.is_manifest(name):
+        records = manifest.load_manifest(name)
+        classes = sorted({r.label for r in records})
+        key = dataset_key(manifest.dataset_key(name), max_per_class=max_per_class, data_seed=data_seed, n_phantom=None)
+        desc = f"CSV manifest {name}"
     elif Path(name).is_dir():
         records = sources.load_folder(name)
         classes = sorted({r.label for r in records})
         key = "folder:" + Path(name).resolve().name
         desc = f"class folders at {name}"
     else:
-        raise UnknownNameError("dataset (preset or existing folder)", name, table)
+        raise UnknownNameError("dataset (preset, existing folder or CSV manifest)", name, table)
     if not records:
         raise BenchmarkError(f"dataset {name}: no images found")
     if max_per_class:

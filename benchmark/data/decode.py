@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 #: Bump when decoding changes what pixels come out (resampling, colour handling, limits):
 #: every cached entry then misses and is decoded again.
 CACHE_VERSION = 1
+
+#: A ``.tmp`` file in the cache older than this was left by a process that died while writing
+#: (a kill, a crash): it is removed the first time a cache opens that input size.
+STALE_TMP_S = 15 * 60
 
 
 @dataclass
@@ -75,6 +80,7 @@ class DecodeCache:
         self.root = paths.cache_dir(root)
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.stats = CacheStats()
+        self._swept: set[int] = set()  # input sizes whose stale .tmp files were removed
 
     # ------------------------------------------------------------------------- public
 
@@ -122,6 +128,22 @@ class DecodeCache:
             has_mask[i] = True
         return masks, has_mask
 
+    def remove_stale_tmp(self, size: int, max_age_s: float = STALE_TMP_S) -> int:
+        """Delete ``.tmp`` files under ``root/<size>`` older than ``max_age_s`` (a younger one may
+        belong to a process writing right now); returns how many were removed."""
+        now = time.time()
+        removed = 0
+        for tmp in (self.root / str(size)).glob("*/.*.tmp"):
+            try:
+                if now - tmp.stat().st_mtime > max_age_s:
+                    tmp.unlink()
+                    removed += 1
+            except OSError:  # gone already, or not ours to delete: leave it
+                continue
+        if removed:
+            log.info("removed %d stale temporary file(s) from the decode cache %s", removed, self.root / str(size))
+        return removed
+
     def entry_path(self, path: str | os.PathLike, size: int, kind: str = "image") -> Path:
         """Where the cached pixels of ``path`` live (``.txt`` beside it holds a refusal)."""
         key = _cache_key(Path(path).resolve(), os.stat(path), size, kind)
@@ -138,6 +160,9 @@ class DecodeCache:
         progress: bool,
     ) -> list[_Outcome]:
         """One outcome per path, in order; each distinct file is decoded at most once."""
+        if size not in self._swept:
+            self._swept.add(size)
+            self.remove_stale_tmp(size)
         unique = list(dict.fromkeys(paths))
         bar = tqdm(total=len(unique), desc=f"decode {size}px", unit="img", disable=not progress)
         results: dict[str, _Outcome] = {}

@@ -57,11 +57,37 @@ def read_image(
     data, path = _read_bytes(src)
     if not data:
         raise ImageRejected("empty file", path)
-    if data[128:132] == b"DICM":
-        img = _read_dicom(data, path, max_pixels=max_pixels, min_side=min_side)
+    is_dicom = data[128:132] == b"DICM"
+    try:
+        if is_dicom:
+            img = _read_dicom(data, path, max_pixels=max_pixels, min_side=min_side)
+        else:
+            img = _read_pil(data, path, max_pixels=max_pixels, max_side=max_side, min_side=min_side)
+        return _limit_side(img, max_side)
+    except ImageRejected:
+        raise
+    except DECODER_ERRORS as exc:
+        raise _unexpected(exc, "DICOM" if is_dicom else "image", path) from None
+
+
+#: What a decoder may raise on hostile content that no specific check above caught. Every one
+#: becomes ImageRejected (named in its reason, and logged), so a caller needs to handle only that.
+#: Not caught: NameError, ImportError, AssertionError, MemoryError, RecursionError: those are
+#: bugs or resource failures, and hiding them as "corrupt file" would mislead.
+DECODER_ERRORS = (ValueError, TypeError, LookupError, AttributeError, ArithmeticError, struct.error, EOFError,
+                  OSError, SyntaxError, NotImplementedError, RuntimeError, UnicodeError)
+
+
+def _unexpected(exc: BaseException, kind: str, path: str | None) -> ImageRejected:
+    """A decoder failure no specific check foresaw: refused with its class named, and logged so a
+    developer can add a specific check. DICOM messages are not logged: pydicom quotes element
+    values, which may be patient identifiers."""
+    name = type(exc).__name__
+    if kind == "DICOM":
+        log.warning("DICOM %s refused: %s while decoding", path or "<upload>", name)
     else:
-        img = _read_pil(data, path, max_pixels=max_pixels, max_side=max_side, min_side=min_side)
-    return _limit_side(img, max_side)
+        log.warning("image %s refused: %s while decoding: %s", path or "<upload>", name, exc)
+    return ImageRejected(f"corrupt {kind} ({name} while decoding)", path)
 
 
 def read_mask(src: ImageSource, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -260,6 +286,7 @@ def _read_dicom(data: bytes, path: str | None, *, max_pixels: int, min_side: int
     """
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+    from pydicom.uid import UID
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -270,10 +297,15 @@ def _read_dicom(data: bytes, path: str | None, *, max_pixels: int, min_side: int
     tsyntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     if tsyntax is None or "Rows" not in ds or "Columns" not in ds:
         raise ImageRejected("truncated DICOM (incomplete header)", path)
+    if not isinstance(tsyntax, UID) or not tsyntax.is_transfer_syntax:
+        raise ImageRejected("corrupt DICOM (its transfer syntax UID names no transfer syntax)", path)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageRejected("truncated DICOM or no pixel data", path)
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    rows, cols, frames, samples, bits = _dicom_geometry(ds, path)
     _check_header_size(cols, rows, path, max_pixels=max_pixels, min_side=min_side)
+    if rows * cols * frames * samples > max_pixels:
+        raise ImageRejected(f"decompression bomb: {frames} frame(s) of {cols}x{rows} pixels x {samples} "
+                            f"sample(s) exceeds limit of {max_pixels}", path)
     if "PixelData" in ds and not tsyntax.is_compressed and len(ds.PixelData) < _native_bytes(ds):
         raise ImageRejected("truncated DICOM", path)
     try:
@@ -301,6 +333,31 @@ def _read_dicom(data: bytes, path: str | None, *, max_pixels: int, min_side: int
         lo, hi = voi_range
         img = np.clip(np.rint((np.asarray(arr, dtype=np.float64) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
     return 255 - img if photometric == "MONOCHROME1" else img
+
+
+def _dicom_geometry(ds, path: str | None) -> tuple[int, int, int, int, int]:
+    """(rows, columns, frames, samples per pixel, bits allocated) from the header, checked before
+    any pixel is decoded: with the pixel limit on rows x columns x frames x samples, and at most
+    64 bits (8 bytes) a sample, a DICOM can make the decoder allocate no more than a PNG can
+    (16-bit RGBA at the same pixel limit)."""
+
+    def number(keyword: str, default: int) -> int:
+        value = ds.get(keyword, default)
+        if value is None or value == "":
+            return default
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ImageRejected(f"corrupt DICOM ({keyword} is not a number)", path) from None
+
+    rows, cols = number("Rows", 0), number("Columns", 0)
+    frames, samples = number("NumberOfFrames", 1), number("SamplesPerPixel", 1)
+    bits = number("BitsAllocated", 8)
+    if rows < 1 or cols < 1 or frames < 1:
+        raise ImageRejected(f"corrupt DICOM ({rows} rows, {cols} columns, {frames} frames)", path)
+    if samples not in (1, 3) or bits not in (1, 8, 16, 32, 64):
+        raise ImageRejected(f"unsupported DICOM pixel format ({samples} samples of {bits} bits)", path)
+    return rows, cols, frames, samples, bits
 
 
 def _native_bytes(ds) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.data.dicomfiles import DICOM_SUFFIXES, is_dicom_file, patient_key
 from benchmark.data.records import ImageRecord
 from benchmark.errors import BenchmarkError, UnknownNameError
 
@@ -214,16 +215,27 @@ def _class_dirs(p: Path) -> list[Path]:
     return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")) if p.is_dir() else []
 
 
+def _dicom(f: Path) -> bool:
+    """A DICOM by its name, or a file without extension (as PACS exports write them) by its DICM marker."""
+    return f.suffix.lower() in DICOM_SUFFIXES or (not f.suffix and is_dicom_file(f))
+
+
 @register_layout("folder", lambda p: bool(_class_dirs(p)),
-                 "any folder of class subfolders: ROOT/<class>/*.png|jpg|dcm (each file its own patient)")
+                 "any folder of class subfolders: ROOT/<class>/**/*.png|jpg|dcm, or DICOM files without "
+                 "extension (each file its own patient, except DICOMs: grouped by their PatientID)")
 def load_class_folders(root: Path) -> list[ImageRecord]:
     records = []
     for d in _class_dirs(root):
         for f in sorted(d.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                rel = str(f.relative_to(root))
-                records.append(ImageRecord(path=str(f), key=rel, label=d.name.lower(),
-                                           patient_id=f"F-{rel}", source=root.name))
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            dicom = _dicom(f)
+            if not dicom and f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            rel = str(f.relative_to(root))
+            patient = patient_key(f, salt=root.name) if dicom else None
+            records.append(ImageRecord(path=str(f), key=rel, label=d.name.lower(),
+                                       patient_id=f"F-D-{patient}" if patient else f"F-{rel}", source=root.name))
     return records
 
 

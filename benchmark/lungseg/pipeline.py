@@ -5,6 +5,8 @@ This is what `python -m benchmark lungs train` and bench/train_lung_segmenter.py
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -61,10 +63,25 @@ def heldout_native_dice(model: LungUNet, rows: list[dict], *, device: str = "cpu
     return np.asarray(scores)
 
 
+def machine_description(device: str) -> dict:
+    """Where a segmenter was trained, for its sidecar: wall times mean little without it."""
+    import torch
+
+    info = {"device": device, "platform": platform.platform(), "processor": platform.processor() or None,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
 def fit_lung_segmenter(cxr_root: Path | None, config: LungTrainConfig = LungTrainConfig(), *,
-                       out_stem: Path | None, progress: bool = True
+                       out_stem: Path | None, progress: bool = True, command: str = ""
                        ) -> tuple[LungUNet, dict]:
-    """Train on cohen (+ phantom), report Dice per group and at native size, save if out_stem."""
+    """Train on cohen (+ phantom), report Dice per group and at native size, save if out_stem.
+
+    `command` (the command line that trained it) goes into the report and the sidecar, so a
+    shipped segmenter says how to reproduce it.
+    """
     t0 = time.perf_counter()
     config = replace(config, device=str(resolve_device(config.device)))
     train_x, train_m, val_x, val_m, info = build_training_set(
@@ -81,6 +98,9 @@ def fit_lung_segmenter(cxr_root: Path | None, config: LungTrainConfig = LungTrai
         report["heldout_cohen_dice_native"] = float(native.mean())
         report["heldout_cohen_dice_native_min"] = float(native.min())
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    report["machine"] = machine_description(config.device)
+    if command:
+        report["command"] = command
     report["config"] = asdict(config)
     report["data"] = {k: v for k, v in info.items() if k not in ("heldout_rows", "val_groups", "train_patients")}
     report["data"]["cxr_root"] = str(cxr_root) if cxr_root is not None else None

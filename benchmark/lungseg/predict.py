@@ -16,7 +16,7 @@ import torch
 from benchmark.errors import BenchmarkError, WeightsMissingError
 from benchmark.lungseg.data import resize_float
 from benchmark.lungseg.model import LungUNet
-from benchmark.training.checkpoints import git_commit
+from benchmark.training.checkpoints import git_commit, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,11 @@ def predict_lung_masks(model: LungUNet, images: np.ndarray, *, device: str = "cp
     was_training = model.training
     param = next(model.parameters())
     old_device = param.device
-    model.eval().to(dev)
+    # the dashboard shares one segmenter between sessions: one already in eval mode on `dev`
+    # is used as it is, never written to
+    switch = was_training or any(m.training for m in model.modules()) or old_device != dev
+    if switch:
+        model.eval().to(dev)
     try:
         with torch.inference_mode():
             for i in range(0, n, batch_size):
@@ -63,7 +67,8 @@ def predict_lung_masks(model: LungUNet, images: np.ndarray, *, device: str = "cp
                 logits = resize_float(logits.float(), (h, w))
                 out[i:i + batch_size] = (logits[:, 0] > 0).cpu().numpy()
     finally:
-        model.train(was_training).to(old_device)
+        if switch:
+            model.train(was_training).to(old_device)
     if postprocess:
         out = np.stack([keep_lung_components(m) for m in out])
     return out
@@ -114,7 +119,8 @@ def save_segmenter(model: LungUNet, path_stem: str | Path,
     weights, sidecar = _paths(path_stem)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(weights), metadata={"format": CHECKPOINT_FORMAT})
+    write_atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": CHECKPOINT_FORMAT}),
+                 point="segmenter")
     info = {**(meta or {}),
             "format": CHECKPOINT_FORMAT,
             "input_size": int(model.input_size),
@@ -122,7 +128,7 @@ def save_segmenter(model: LungUNet, path_stem: str | Path,
             "base_channels": int(model.base_channels),
             "git_commit": (meta or {}).get("git_commit") or git_commit(short=False),
             "saved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    sidecar.write_text(json.dumps(info, indent=2, default=str))
+    write_atomic(sidecar, lambda tmp: tmp.write_text(json.dumps(info, indent=2, default=str)))
     log.info("saved lung segmenter to %s", weights)
     return weights, sidecar
 
@@ -136,7 +142,8 @@ def load_segmenter(path_stem: str | Path, *, device: str = "cpu"
     weights, sidecar = _paths(path_stem)
     if not weights.is_file() or not sidecar.is_file():
         raise WeightsMissingError(
-            f"no lung segmenter at {weights} (+ .json); train one with bench/train_lung_segmenter.py")
+            f"no lung segmenter at {weights} (+ .json); train one with `python -m benchmark lungs train`, "
+            "or leave --segmenter and $CXR_LUNG_SEGMENTER unset to use the one shipped in the package")
     meta = json.loads(sidecar.read_text())
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise BenchmarkError(f"{sidecar}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")

@@ -1,17 +1,22 @@
-"""Pretrained ImageNet weights from files already on this machine: never a download.
+"""Pretrained ImageNet weights the way torchvision and timm users get them, never a silent random init.
 
-The benchmark machines have no network, so asking torchvision or timm for `pretrained=True` the
-usual way would hang or fail deep inside a download. Instead we look, in order, in the user's
-`--weights-dir` and in the libraries' own caches (torch hub's `checkpoints/`, honouring
-TORCH_HOME; the Hugging Face hub cache, honouring HF_HUB_CACHE / HF_HOME), and load the first
-file found with loaders that cannot run code (`torch.load(weights_only=True)`, safetensors).
-When nothing is found, WeightsMissingError names the file, every place looked and where to put
-it: a run that asked for ImageNet weights never silently trains from random init.
+Order: a file in the user's `--weights-dir`, then the libraries' own caches (torch hub's
+`checkpoints/`, honouring TORCH_HOME; the Hugging Face hub cache, honouring HF_HUB_CACHE /
+HF_HOME). When none holds the file and the network allows, the library's own mechanism fetches
+it into that cache: torchvision's `get_weight(...).get_state_dict()` (torch hub's
+`load_state_dict_from_url`, hash checked) and timm's `create_model(name, pretrained=True)`
+(the Hugging Face hub, or torch hub for url-only weights). $CXR_OFFLINE=1 turns that off. The
+file is then loaded from the cache with loaders that cannot run code (`torch.load(weights_only=True)`,
+safetensors). When the weights can be neither found nor fetched, WeightsMissingError names the
+file, every place looked, why the download failed and where to put the file.
 """
 from __future__ import annotations
 
 import logging
 import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +25,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from benchmark import paths
 from benchmark.errors import WeightsMissingError
 from benchmark.paths import hf_hub_cache, torch_hub_checkpoints
 
@@ -29,6 +35,9 @@ if TYPE_CHECKING:  # zoo imports this module; only the type is needed here
 log = logging.getLogger(__name__)
 
 HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader reads, in its order
+# Seconds a download may wait on one socket operation (connect, a read): a machine whose
+# network drops packets fails with the usual message instead of hanging.
+DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -94,29 +103,121 @@ def _hf_cached(hf_hub_id: str) -> tuple[Path | None, str]:
     return None, where
 
 
-def find_weights(spec: ModelSpec, weights_dir: Path | None = None) -> Path:
-    """The local file holding spec's pretrained weights, or WeightsMissingError saying where to put it."""
-    source = weights_source(spec)
+def _find_local(spec: ModelSpec, source: WeightsSource, weights_dir: Path | None) -> tuple[Path | None, list[str]]:
+    """(the first local file holding the weights or None, every place looked)."""
     looked: list[str] = []
     if weights_dir is not None:
         for path in _dir_candidates(spec, source, Path(weights_dir)):
             if path.is_file():
-                return path
+                return path, looked
             looked.append(str(path))
     if source.hf_hub_id:
         found, where = _hf_cached(source.hf_hub_id)
         if found is not None:
-            return found
+            return found, looked
         looked.append(where)
     if source.url:  # torchvision's, and timm's url downloads, land in torch hub's checkpoints/
         path = torch_hub_checkpoints() / source.file_name
         if path.is_file():
-            return path
+            return path, looked
         looked.append(str(path))
-    raise WeightsMissingError(_missing_message(spec, source, looked))
+    return None, looked
 
 
-def _missing_message(spec: ModelSpec, source: WeightsSource, looked: list[str]) -> str:
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Give the libraries' downloaders (urllib without a timeout) one, for the download only."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _download_host_url(source: WeightsSource) -> str:
+    if source.hf_hub_id:
+        try:
+            from huggingface_hub import constants
+        except ImportError:
+            return "https://huggingface.co"
+        return constants.ENDPOINT
+    return source.url
+
+
+def unreachable(url: str) -> str:
+    """'' when the host of `url` (or the proxy that would carry the request) resolves, else why not.
+
+    A machine without a network fails here at once; the libraries would retry first (the
+    Hugging Face hub for about a minute per file).
+    """
+    import urllib.request
+
+    proxy = urllib.request.getproxies().get(urlparse(url).scheme)
+    host = urlparse(proxy or url).hostname
+    if not host:
+        return f"no host in {url!r}"
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc}"
+    return ""
+
+
+def download_weights(spec: ModelSpec) -> None:
+    """Fetch spec's ImageNet weights into the library's own cache with the library's own code.
+
+    torchvision: the weights enum's get_state_dict, i.e. torch.hub.load_state_dict_from_url into
+    torch hub's checkpoints/ with the hash in the file name checked. timm: create_model with
+    pretrained=True, i.e. the Hugging Face hub cache (or torch hub for url-only weights).
+    Raises whatever the library raises when it cannot (no network, refused, bad hash).
+    """
+    log.info("downloading ImageNet weights %s for %s (the library's own cache)", spec.weights, spec.name)
+    with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
+        if spec.family == "torchvision":
+            from torchvision.models import get_weight
+
+            get_weight(spec.weights).get_state_dict(progress=True, check_hash=True, map_location="cpu",
+                                                    weights_only=True)
+        elif spec.family == "timm":
+            import timm
+
+            timm.create_model(spec.weights, pretrained=True)
+
+
+def find_weights(spec: ModelSpec, weights_dir: Path | None = None, *, download: bool | None = None) -> Path:
+    """The file holding spec's pretrained weights: local, else fetched by the library into its cache.
+
+    `download`: None follows $CXR_OFFLINE (downloads allowed unless it is set). When the weights
+    can be neither found nor fetched, WeightsMissingError says which file, where it was looked
+    for, why it was not downloaded, and where to put it.
+    """
+    source = weights_source(spec)
+    found, looked = _find_local(spec, source, weights_dir)
+    if found is not None:
+        return found
+    if download is None:
+        download = not paths.offline()
+    if not download:
+        raise WeightsMissingError(_missing_message(spec, source, looked, f"downloads are off (${paths.ENV_OFFLINE})"))
+    no_network = unreachable(_download_host_url(source))
+    if no_network:
+        raise WeightsMissingError(_missing_message(spec, source, looked, f"no network ({no_network})"))
+    try:
+        download_weights(spec)
+    except Exception as exc:  # no network, a proxy refusing, a bad hash: each library raises its own types
+        reason = f"{type(exc).__name__}: {exc}"
+        raise WeightsMissingError(_missing_message(spec, source, looked, f"the download failed ({reason[:300]})")
+                                  ) from None
+    found, _ = _find_local(spec, source, None)
+    if found is None:
+        raise WeightsMissingError(_missing_message(
+            spec, source, looked, "the download finished but the file is not where the library caches it"))
+    log.info("ImageNet weights for %s downloaded to %s", spec.name, found)
+    return found
+
+
+def _missing_message(spec: ModelSpec, source: WeightsSource, looked: list[str], why: str) -> str:
     if spec.family == "torchvision" or not source.hf_hub_id:
         wanted = source.file_name
         fix = (f"put {wanted} (from {source.url}) in --weights-dir DIR or in $TORCH_HOME/hub/checkpoints/ "
@@ -127,7 +228,7 @@ def _missing_message(spec: ModelSpec, source: WeightsSource, looked: list[str]) 
                f"--weights-dir DIR, or copy a Hugging Face cache holding {source.hf_hub_id} to "
                f"$HF_HUB_CACHE (now {hf_hub_cache()})")
     return (f"pretrained weights {spec.weights} for {spec.name} not found: expected {wanted}. "
-            f"Looked in: {'; '.join(looked)}. This machine cannot download them; {fix}, "
+            f"Looked in: {'; '.join(looked)}. They were not downloaded: {why}. To use them, {fix}, "
             f"or run without --pretrained.")
 
 

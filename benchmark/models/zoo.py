@@ -165,8 +165,9 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False,
                  weights_dir: Path | None = None) -> XrayClassifier:
     """Build a registered model for num_classes, with ImageNet weights when pretrained.
 
-    Pretrained weights come only from local files (see weights.py) and load with their ImageNet
-    head, which is then replaced, so a mismatched file fails loudly instead of half-loading.
+    Pretrained weights come from a local file or the library's cache, downloaded there by
+    torchvision/timm when missing (see weights.py), and load strictly with their ImageNet head,
+    which is then replaced, so a mismatched file fails loudly instead of half-loading.
     """
     spec = get_spec(name)
     if num_classes < 1:
@@ -211,7 +212,7 @@ def _set_submodule(net: nn.Module, path: str, module: nn.Module) -> None:
 
 def _torchvision(factory: Callable[..., nn.Module], num_classes: int, weights_file: Path | None,
                  what: str, **kwargs) -> nn.Module:
-    """Build with torchvision, never passing its `weights` (which would download)."""
+    """Build with torchvision, then load the file find_weights found (in torch hub's cache when downloaded)."""
     if weights_file is None:
         return factory(weights=None, num_classes=num_classes, **kwargs)
     net = factory(weights=None, num_classes=1000, **kwargs)

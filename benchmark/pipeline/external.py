@@ -128,7 +128,8 @@ def run_external_matrix(pairs: list[tuple[str, str]], specs: list[JobSpec], db: 
             try:
                 result = evaluate_external(
                     checkpoints[spec.run_id], target, db, device=resolve_device(spec.device),
-                    audit=dataclasses.replace(spec.audit, faithfulness_sample=0, probes=False),
+                    audit=dataclasses.replace(spec.audit, faithfulness_sample=0, probes=False,
+                                              sanity_sample=0),
                     seed=spec.train.seed, cache_dir=spec.data.cache_dir, progress=spec.progress, seen=seen)
             except (KeyboardInterrupt, SystemExit):
                 raise

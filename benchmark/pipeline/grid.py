@@ -1,7 +1,10 @@
 """The grid: which (model, dataset) jobs, in what order, skipping those already done.
 
-Jobs run in-process one after another; each finished job's bundle is stored in one transaction,
-so an interrupted grid resumes where it stopped.
+An executor (pipeline/executors/: in-process by default, one job after another; or Ray tasks) runs
+the jobs not yet done and hands back each one's bundle, or the exception it raised, as it finishes.
+This process is the only writer: each bundle is stored in one transaction, and a failed job as a
+`runs` row with its reason, so an interrupted grid resumes where it stopped. Storing happens on one
+background writer thread (pipeline/overlap.py), so the next job computes while the last is stored.
 """
 from __future__ import annotations
 
@@ -12,9 +15,11 @@ import traceback
 from pathlib import Path
 
 from benchmark.errors import WeightsMissingError
-from benchmark.pipeline.job import load_job_dataset, run_job
+from benchmark.pipeline.executors import Executor
+from benchmark.pipeline.executors.inprocess import InProcessExecutor
+from benchmark.pipeline.overlap import BackgroundStore
 from benchmark.pipeline.spec import JobSpec
-from benchmark.store import queries, reader, write_run
+from benchmark.store import queries, reader
 from benchmark.store.writes import RunBundle
 
 log = logging.getLogger(__name__)
@@ -30,34 +35,45 @@ def done_runs(db: Path) -> set[str]:
             return set()
 
 
-def run_grid(specs: list[JobSpec], db: str | Path, *, force: bool = False,
-             keep_going: bool = True, loaded: dict | None = None) -> list[dict]:
-    """Run every spec not yet done; return one status dict per spec. Datasets are loaded once per
-    grid (`loaded`, see job.load_job_dataset; pass the caller's dict to share its loads)."""
+def _status(spec: JobSpec, status: str, **extra) -> dict:
+    return {"run_id": spec.run_id, "model": spec.model, "data": spec.data.name, "status": status, **extra}
+
+
+def run_grid(specs: list[JobSpec], db: str | Path, *, force: bool = False, keep_going: bool = True,
+             loaded: dict | None = None, executor: Executor | None = None) -> list[dict]:
+    """Run every spec not yet done; return one status dict per spec, in the specs' order. Datasets
+    are loaded once per grid (`loaded`, see job.load_job_dataset; pass the caller's dict to share its
+    loads). `executor` runs the jobs (default: in this process, one after another)."""
     db = Path(db)
     loaded = {} if loaded is None else loaded
+    executor = executor if executor is not None else InProcessExecutor(loaded=loaded)
     done = done_runs(db)
-    statuses = []
-    for spec in specs:
+    statuses: list[dict] = [{} for _ in specs]
+    jobs = []
+    for index, spec in enumerate(specs):
         if spec.run_id in done and not force:
             log.info("%s: already done, skipped (use --force to redo)", spec.run_id)
-            statuses.append({"run_id": spec.run_id, "model": spec.model, "data": spec.data.name, "status": "skipped"})
-            continue
+            statuses[index] = _status(spec, "skipped")
+        else:
+            jobs.append((index, spec))
+    outcomes = executor.run(jobs)
+    # closing the outcomes (an error, Ctrl-C) stops the executor's jobs that have not finished; leaving
+    # the store's block stores every bundle already submitted (each a whole run) and raises a write error
+    with BackgroundStore(db) as store:
         try:
-            bundle = run_job(spec, load_job_dataset(spec, loaded))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:
-            log.error("%s failed: %s", spec.run_id, exc)
-            log.debug("%s", traceback.format_exc())
-            write_run(db, failed_bundle(spec, exc))
-            statuses.append({"run_id": spec.run_id, "model": spec.model, "data": spec.data.name,
-                             "status": "failed", "error": str(exc)})
-            if not keep_going or isinstance(exc, WeightsMissingError):
-                raise
-            continue
-        write_run(db, bundle)
-        statuses.append({"run_id": spec.run_id, "model": spec.model, "data": spec.data.name, "status": "done"})
+            for index, spec, result in outcomes:
+                if isinstance(result, Exception):
+                    log.error("%s failed: %s", spec.run_id, result)
+                    log.debug("%s", "".join(traceback.format_exception(result)))
+                    store.submit(failed_bundle(spec, result))
+                    statuses[index] = _status(spec, "failed", error=str(result))
+                    if not keep_going or isinstance(result, WeightsMissingError):
+                        raise result
+                    continue
+                store.submit(result)
+                statuses[index] = _status(spec, "done")
+        finally:
+            outcomes.close()
     return statuses
 
 

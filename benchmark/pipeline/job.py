@@ -20,10 +20,12 @@ import torch
 from benchmark import paths
 from benchmark.audit.lung_masks import complete_masks, segmenter_row
 from benchmark.audit.probes import fill_region
+from benchmark.audit.source_probe import SourceSample
 from benchmark.audit.tables import audit_tables
 from benchmark.config import AuditConfig
 from benchmark.data.datasets import Dataset, load_dataset
 from benchmark.data.decode import DecodeCache
+from benchmark.data.memo import DecodedMemo
 from benchmark.models import create_model
 from benchmark.pipeline.spec import JobSpec, resolve_input_size
 from benchmark.store.writes import RunBundle
@@ -68,14 +70,20 @@ class JobImages:
         return int(len(self.index[split]))
 
 
-def prepare_images(spec: JobSpec, dataset: Dataset, device: torch.device) -> JobImages:
-    """Decode at the job's input size, load masks; for a lungs-only control, blank all but the lungs."""
+def prepare_images(spec: JobSpec, dataset: Dataset, device: torch.device,
+                   memo: DecodedMemo | None = None) -> JobImages:
+    """Decode at the job's input size, load masks; for a lungs-only control, blank all but the lungs.
+    With `memo` (a grid's), each (dataset, size) is read once for all the grid's models."""
     size = resolve_input_size(spec.model, spec.data.name, spec.data.image_size)
     cache = DecodeCache(spec.data.cache_dir)
-    decoded = cache.load(dataset.records, size, progress=spec.progress)
+    if memo is not None:
+        entry = memo.load(cache, dataset.records, size, progress=spec.progress)
+        decoded, masks, has_mask = entry.decoded, entry.masks, entry.has_mask
+    else:
+        decoded = cache.load(dataset.records, size, progress=spec.progress)
+        masks, has_mask = cache.load_masks(decoded.records, size)
     records, images = decoded.records, decoded.images
     rejected = list(decoded.rejected)
-    masks, has_mask = cache.load_masks(records, size)
     sources = [r.mask_source for r in records]
     if spec.data.lungs_only:  # masks are needed before training here, so complete them now
         masks, sources = complete_masks(images, masks, has_mask, sources,
@@ -108,14 +116,14 @@ def score_splits(model, data: JobImages, classes: list[str], spec: JobSpec, devi
     return metric_rows, pred_rows, probs
 
 
-def run_job(spec: JobSpec, dataset: Dataset | None = None) -> RunBundle:
+def run_job(spec: JobSpec, dataset: Dataset | None = None, memo: DecodedMemo | None = None) -> RunBundle:
     """Train, score and audit one (model, dataset) pair; no DB I/O. `dataset` is the spec's, already
-    loaded (a grid shares one); by default it is loaded here."""
+    loaded (a grid shares one); by default it is loaded here. `memo`: a grid's decoded images."""
     started = dt.datetime.now()
     device = resolve_device(spec.device)
     dataset = dataset if dataset is not None else load_job_dataset(spec)
     clock = time.perf_counter()
-    data = prepare_images(spec, dataset, device)
+    data = prepare_images(spec, dataset, device, memo)
     seconds = {"decode": time.perf_counter() - clock}
     # only train and val go to the device; scoring and the audit batch the test images themselves
     tensors = {split: (torch.from_numpy(data.images[data.index[split]]).to(device),
@@ -123,6 +131,7 @@ def run_job(spec: JobSpec, dataset: Dataset | None = None) -> RunBundle:
     log.info("%s on %s: %s images per split at %dpx on %s", spec.model, dataset.name,
              {s: data.count(s) for s in data.index}, data.size, device)
 
+    torch.manual_seed(spec.train.seed)  # the initial weights too: a job gives the same run in any process
     model = create_model(spec.model, len(dataset.classes), pretrained=spec.train.pretrained,
                          weights_dir=Path(spec.train.weights_dir) if spec.train.weights_dir else None)
     result = fit(model, *tensors["train"], *tensors["val"], len(dataset.classes), spec.train, device,
@@ -157,11 +166,19 @@ def run_job(spec: JobSpec, dataset: Dataset | None = None) -> RunBundle:
                                data.masks[test], data.has_mask[test], data.labels[test], test_probs, device,
                                audit_config(spec), split="test", seed=spec.train.seed,
                                cache_dir=spec.data.cache_dir, mask_sources=[data.mask_sources[i] for i in test],
-                               timings=seconds))
+                               timings=seconds,
+                               source_train=source_sample(data, "train") if audit_config(spec).source_probe else None))
     run.update({f"{phase}_seconds": s for phase, s in seconds.items()}, finished_at=dt.datetime.now())
     return RunBundle(run=run, tables=tables, images=images_frame(data.readable),
                      rejected=rejected_frame(data.rejected, dataset.name),
                      segmenter=segmenter_row(spec.audit.segmenter) if _used_predicted_masks(tables) else None)
+
+
+def source_sample(data: JobImages, split: str) -> SourceSample:
+    """One split's images with their source databases, classes and patients (the source probe's input)."""
+    idx = data.index[split]
+    return SourceSample(data.images[idx], [data.records[i].source for i in idx], data.labels[idx],
+                        [data.records[i].patient_id for i in idx])
 
 
 def _used_predicted_masks(tables: dict[str, pd.DataFrame]) -> bool:
@@ -172,8 +189,11 @@ def _used_predicted_masks(tables: dict[str, pd.DataFrame]) -> bool:
 
 
 def audit_config(spec: JobSpec) -> AuditConfig:
-    """The spec's audit; a lungs-only control has no lungs to remove, so no probes."""
-    return dataclasses.replace(spec.audit, probes=spec.audit.probes and not spec.data.lungs_only)
+    """The spec's audit; a lungs-only control has no lungs to remove, so no probes (nor source probes:
+    the control answers where the model looks, the whole-image run answers whether the source shows)."""
+    lungs_only = spec.data.lungs_only
+    return dataclasses.replace(spec.audit, probes=spec.audit.probes and not lungs_only,
+                               source_probe=spec.audit.source_probe and not lungs_only)
 
 
 def images_frame(records) -> pd.DataFrame:

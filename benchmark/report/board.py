@@ -48,9 +48,12 @@ def _per_class(class_metrics: pd.DataFrame, class_choice: str) -> pd.DataFrame:
 
 def leaderboard(summary: pd.DataFrame, class_metrics: pd.DataFrame, focus: pd.DataFrame,
                 probes: pd.DataFrame, method: str | None, class_choice: str = MEAN_OVER_CLASSES,
-                baselines: dict[str, float | None] | None = None) -> pd.DataFrame:
+                baselines: dict[str, float | None] | None = None, sanity: pd.DataFrame | None = None
+                ) -> pd.DataFrame:
     """One row per done run: accuracy, sensitivity, specificity, AUC with CIs, lung focus of
-    `method`'s maps, the lungs-removed probe and the worst external-validation drop.
+    `method`'s maps, the lungs-removed probe, the worst external-validation drop, the source
+    probes (`source_summary`) and, with `sanity` (queries.cam_sanity), the CAM sanity check of
+    `method` (`sanity_summary`).
 
     With a class chosen, sensitivity/specificity/AUC are that class's (one-vs-rest, with CIs);
     with `MEAN_OVER_CLASSES` they are means over classes and AUC is the stored macro AUC.
@@ -84,7 +87,56 @@ def leaderboard(summary: pd.DataFrame, class_metrics: pd.DataFrame, focus: pd.Da
     # 0 = no better than a uniform map, 1 = as lung-focused as a map of this resolution can be
     span = board["lung_mass_ceiling"] - board["uniform_baseline"]
     board["lung_focus_score"] = ((board["lung_mass"] - board["uniform_baseline"]) / span).where(span > 0.05)
-    return board.merge(probe_summary(probes, summary), on="run_id", how="left")
+    board = board.merge(probe_summary(probes, summary), on="run_id", how="left")
+    board = board.merge(source_summary(probes), on="run_id", how="left")
+    board = board.merge(sanity_summary(sanity, method), on="run_id", how="left")
+    for col in SOURCE_COLUMNS[1:] + SANITY_COLUMNS[1:-1]:  # numeric even where no run has them
+        board[col] = pd.to_numeric(board[col], errors="coerce")
+    return board
+
+
+SOURCE_COLUMNS = ["run_id", "source_auc", "source_auc_ci_low", "source_auc_ci_high", "source_pixels_auc",
+                  "source_pixels_auc_ci_low", "source_pixels_auc_ci_high"]
+
+
+def source_summary(probes: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the source probes' macro AUC with CI bounds, on the model's features (`source_auc`)
+    and on pooled pixels (`source_pixels_auc`); NaN where skipped (one source) or not run."""
+    if probes.empty:
+        return pd.DataFrame(columns=SOURCE_COLUMNS)
+    rows = probes[probes.probe.isin(["source", "source_pixels"]) & (probes.metric == "auc")]
+    if rows.empty:
+        return pd.DataFrame(columns=SOURCE_COLUMNS)
+    wide = rows.pivot_table(index="run_id", columns="probe", values=["value", "ci_low", "ci_high"],
+                            aggfunc="first", dropna=False)
+    wide.columns = [f"{probe}_auc" if part == "value" else f"{probe}_auc_{part}" for part, probe in wide.columns]
+    wide = wide.reset_index().reindex(columns=SOURCE_COLUMNS)
+    for col in SOURCE_COLUMNS[1:]:
+        wide[col] = pd.to_numeric(wide[col], errors="coerce")
+    return wide
+
+
+SANITY_COLUMNS = ["run_id", "sanity_rank_corr", "sanity_ci_low", "sanity_ci_high", "sanity_flagged",
+                  "sanity_flagged_methods"]
+
+
+def sanity_summary(sanity: pd.DataFrame | None, method: str | None) -> pd.DataFrame:
+    """Per run: the CAM sanity check of `method` (mean rank correlation between the trained and
+    the randomised model's maps, its CI, and `sanity_flagged` as 1.0/0.0 so that a seed group's mean
+    is the share of its seeds flagged) and every flagged method of the run, comma-joined."""
+    if sanity is None or sanity.empty:
+        return pd.DataFrame(columns=SANITY_COLUMNS)
+    flagged = sanity[sanity.flagged.fillna(False).astype(bool)].groupby("run_id")["method"].agg(
+        lambda m: ", ".join(sorted(m)))
+    out = pd.DataFrame({"run_id": sorted(sanity.run_id.unique())})
+    out["sanity_flagged_methods"] = out.run_id.map(flagged).fillna("")
+    one = sanity[sanity.method == method] if method is not None else sanity.iloc[0:0]
+    one = one.drop_duplicates("run_id").set_index("run_id")
+    out["sanity_rank_corr"] = pd.to_numeric(out.run_id.map(one["rank_corr"]), errors="coerce")
+    out["sanity_ci_low"] = pd.to_numeric(out.run_id.map(one["ci_low"]), errors="coerce")
+    out["sanity_ci_high"] = pd.to_numeric(out.run_id.map(one["ci_high"]), errors="coerce")
+    out["sanity_flagged"] = pd.to_numeric(out.run_id.map(one["flagged"].astype(float)), errors="coerce")
+    return out[SANITY_COLUMNS]
 
 
 def _reference_accuracy(p: pd.DataFrame, test_accuracy: float | None) -> float | None:

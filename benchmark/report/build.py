@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -20,7 +20,7 @@ import pandas as pd
 from benchmark import __version__
 from benchmark.data.stored import lung_share
 from benchmark.errors import BenchmarkError
-from benchmark.report import cam_panels, figures, measures, seeds, tables
+from benchmark.report import cam_panels, evidence, figures, measures, performance, seeds, tables
 from benchmark.report.board import preferred_method_index
 from benchmark.report.document import Figure, Paragraph, Report, Section
 from benchmark.report.roc import ROC_BOOT, mean_curve, roc_curves
@@ -54,6 +54,7 @@ class Inputs:
     segmenters: pd.DataFrame
     failed: pd.DataFrame
     mask_paths: dict[str, list[str]]
+    sanity: pd.DataFrame = field(default_factory=pd.DataFrame)  # queries.cam_sanity
 
 
 def read_inputs(con) -> Inputs:
@@ -69,7 +70,8 @@ def read_inputs(con) -> Inputs:
         image_counts=queries.image_counts(con), rejected=queries.rejected_summary(con),
         skips=queries.cam_skips(con), segmenters=queries.segmenters(con),
         failed=all_runs[all_runs.status != "done"],
-        mask_paths={d: list(queries.mask_paths(con, d).mask_path) for d in queries.datasets(con)})
+        mask_paths={d: list(queries.mask_paths(con, d).mask_path) for d in queries.datasets(con)},
+        sanity=queries.cam_sanity(con))
 
 
 def build_report(db: str | Path, *, n_boot: int = ROC_BOOT) -> Report:
@@ -140,8 +142,15 @@ def compose(db: Path, inputs: Inputs, *, n_boot: int = ROC_BOOT) -> Report:
             tables.class_table(_order_like(per_class, grouped)))),
         Section("Lung focus per class", (_focus_per_class(inputs, groups, method, baselines),)),
         Section("ROC curves", tuple(_roc_figures(inputs, groups, n_boot))),
+        Section("Confusion matrices and calibration", tuple(_confusion_calibration_figures(inputs, groups))),
         Section("CAMs of the likeliest shortcut learners", tuple(_cam_figures(db, board, groups, inputs, method))),
         Section("External validation", (tables.external_table(_order_like(external, grouped)),)),
+        Section("Shortcut evidence beyond CAMs", (
+            Paragraph("Two checks that do not rest on where the maps lie. The source probe asks whether the source "
+                      "database can be recognised at all (if it can, a source shortcut is available to every "
+                      "model); the CAM sanity check asks whether each CAM method's maps depend on the trained "
+                      "weights at all (if they do not, their lung focus says nothing about the model)."),
+            evidence.source_report_table(inputs.probes), evidence.sanity_report_table(inputs.sanity))),
         Section("Where the data came from", (
             tables.image_count_table(inputs.image_counts), tables.rejected_table(inputs.rejected),
             tables.cam_skip_table(inputs.skips), tables.segmenter_table(inputs.segmenters),
@@ -201,6 +210,49 @@ def _roc_figures(inputs: Inputs, groups: pd.DataFrame, n_boot: int) -> list:
                           "of the test images (seed groups: curves and band bounds averaged over seeds). Legend: the "
                           "class and its AUC."))
     return out
+
+
+def _confusion_calibration_figures(inputs: Inputs, groups: pd.DataFrame) -> list:
+    """Per dataset: each seed group's confusion matrix (counts summed over seeds) and its reliability
+    diagram with ECE (over every seed's predictions), from the same code as the dashboard's page."""
+    preds = inputs.predictions
+    if preds.empty:
+        return [Paragraph("No test predictions stored.")]
+    details = inputs.details.merge(groups[["run_id", "seed_group", "n_seeds"]], on="run_id")
+    out = []
+    for dataset, runs in details.groupby("dataset", sort=True):
+        confusion, calibration = [], []
+        for _, members in runs.groupby("seed_group", sort=True):
+            scored = []
+            for run in members.to_dict("records"):
+                try:
+                    scored.append(performance.scored(
+                        preds[preds.run_id == run["run_id"]], performance.classes_of(run.get("classes_json")),
+                        run_id=run["run_id"], split="test"))
+                except ValueError as exc:
+                    log.warning("%s; no confusion matrix or calibration for it", exc)
+            scored = [s for s in scored if s.labels.size]
+            if not scored:
+                continue
+            first = members.iloc[0].to_dict()
+            title = tables.model_label(first) + (f", {len(scored)} seeds" if len(scored) > 1 else "")
+            perf = performance.performance(scored, with_roc=False)
+            confusion.append((title, perf.classes, perf.confusion))
+            calibration.append((title, perf.reliability))
+        if not confusion:
+            continue
+        out.append(Figure(f"confusion-{_slug(dataset)}", f"Figure 3b. Confusion matrices on {dataset} (test split)",
+                          figures.confusion_grid(confusion),
+                          "Rows: the true class; columns: the predicted class. Each cell: the share of its row (the "
+                          "diagonal is each class's sensitivity) and the count; seed groups: counts summed over "
+                          "seeds."))
+        out.append(Figure(f"calibration-{_slug(dataset)}", f"Figure 3c. Calibration on {dataset} (test split)",
+                          figures.reliability_grid(calibration),
+                          "Reliability diagrams: the test predictions binned by confidence (their highest class "
+                          "probability, 10 bins); bars: the accuracy in each bin, red marks: its mean confidence, "
+                          "dotted: a calibrated model. ECE: the gap weighted by the images in each bin (seed "
+                          "groups: over every seed's predictions)."))
+    return out or [Paragraph("No run has test predictions with its classes stored.")]
 
 
 def _run_curves(run: dict, preds: pd.DataFrame, n_boot: int) -> dict:

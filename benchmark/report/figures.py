@@ -181,3 +181,57 @@ def _draw_cell(ax, cell: CamCell) -> None:
     if cell.note:
         ax.text(0.5, 0.5, cell.note, ha="center", va="center", fontsize=7, wrap=True, transform=ax.transAxes,
                 bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#999"})
+
+
+def _grid(n: int, columns: int, cell_w: float, cell_h: float) -> tuple[Figure, int, int]:
+    cols = min(columns, max(1, n))
+    rows = math.ceil(max(1, n) / cols)
+    width, height = cell_w * cols, cell_h * rows
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, bottom=0.7 / height, top=1 - 0.55 / height,
+                        wspace=0.55, hspace=0.75)
+    return fig, rows, cols
+
+
+def confusion_grid(panels: list[tuple[str, tuple[str, ...], np.ndarray]], columns: int = 4) -> bytes:
+    """One panel per model (or seed group): its confusion matrix, each cell shaded by the share of its
+    row (the true class) and labelled with that share and the count."""
+    fig, rows, cols = _grid(len(panels), columns, 3.3, 3.4)
+    for i, (title, classes, counts) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        counts = np.asarray(counts)
+        totals = counts.sum(axis=1, keepdims=True)
+        share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for r in range(len(classes)):
+            for c in range(len(classes)):
+                ax.text(c, r, f"{share[r, c]:.0%}\n({counts[r, c]})", ha="center", va="center", fontsize=7,
+                        color="white" if share[r, c] > 0.6 else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right", fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        ax.set_title(title, fontsize=9)
+    return to_png(fig)
+
+
+def reliability_grid(panels: list[tuple[str, object]], columns: int = 4) -> bytes:
+    """One reliability diagram per model (or seed group), `benchmark.report.calibration.Reliability`:
+    accuracy per confidence bin as bars, the bins' mean confidence as red marks, the diagonal of a
+    calibrated model; the ECE in each title."""
+    fig, rows, cols = _grid(len(panels), columns, 3.2, 3.3)
+    for i, (title, rel) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        centres = (rel.edges[:-1] + rel.edges[1:]) / 2
+        width = float(rel.edges[1] - rel.edges[0]) * 0.9
+        ax.plot([0, 1], [0, 1], color="#999", linewidth=0.8, linestyle=":")
+        ax.bar(centres, np.nan_to_num(rel.accuracy), width, color=PALETTE[0], alpha=0.8)
+        ax.scatter(centres, rel.confidence, marker="_", s=120, color=PALETTE[3], linewidths=2)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("confidence", fontsize=8)
+        ax.set_ylabel("accuracy", fontsize=8)
+        ax.set_title(f"{title}\nECE {rel.ece:.3f}, n = {rel.n}", fontsize=9)
+    return to_png(fig)

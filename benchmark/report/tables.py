@@ -140,9 +140,9 @@ def cost_table(costs: pd.DataFrame) -> Table:
         rows.append(row)
     return Table("Cost per phase (wall seconds per run)", pd.DataFrame(rows), notes=(
         "decode: reading and resizing the images (cached on disk after the first run); train: fitting; eval: "
-        "scoring the test split; cam: computing and measuring the CAMs; faithfulness: ROAD and confidence drop; "
-        "probe: the lungs probes; store: writing the run's rows. Blank: not recorded (results written before "
-        "the phases were timed).",))
+        "scoring the test split; cam: computing and measuring the CAMs, with the CAM sanity check; faithfulness: "
+        "ROAD and confidence drop; probe: the lungs probes and the source probes; store: writing the run's rows. "
+        "Blank: not recorded (results written before the phases were timed).",))
 
 
 def image_count_table(counts: pd.DataFrame) -> Table:

@@ -3,6 +3,9 @@
 DuckDB lets one process write, and (measured, duckdb 2.0) a writer blocks every other process
 from opening the file, and a reader blocks a writer. So the benchmark holds its write
 connection only for one run's transaction, and readers open briefly and retry.
+
+A file that is not a usable results database (truncated, corrupt, not DuckDB, or written by a
+newer schema version) raises `ResultsDatabaseError` with what to do, never a DuckDB traceback.
 """
 from __future__ import annotations
 
@@ -13,16 +16,30 @@ from pathlib import Path
 
 import duckdb
 
+from benchmark import faults
+from benchmark.errors import ResultsDatabaseError
 from benchmark.store import schema
 
 log = logging.getLogger(__name__)
 
-LOCK_MARKERS = ("lock", "Conflicting lock", "being used by another process")
+# Lowercase fragments of DuckDB's "another process holds the file" errors. Not a bare "lock":
+# "Could not read block ..." (a corrupt file) must not be retried as if it were busy.
+LOCK_MARKERS = ("could not set lock", "conflicting lock", "being used by another process")
+
+# Errors that mean the file's bytes are bad, also when they surface at a query after opening.
+CORRUPTION_ERRORS = (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException,
+                     duckdb.FatalException)
 
 
 def is_lock_error(exc: Exception) -> bool:
     """True for DuckDB's "file is held by another process" errors (worth a retry)."""
-    return any(m.lower() in str(exc).lower() for m in LOCK_MARKERS)
+    return any(m in str(exc).lower() for m in LOCK_MARKERS)
+
+
+def unreadable_message(path: Path, exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"{path} cannot be read as a results database ({first}); it may be truncated or corrupt. "
+            "Restore it from a copy, or write new results with --db NEW.duckdb")
 
 
 def _connect_retrying(path: Path, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
@@ -39,14 +56,36 @@ def _connect_retrying(path: Path, read_only: bool, timeout_s: float) -> duckdb.D
             delay = min(delay * 2, 0.5)
 
 
+def _open(path: Path, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
+    """A connection whose file is a DuckDB file of a schema version this code knows."""
+    try:
+        con = _connect_retrying(path, read_only=read_only, timeout_s=timeout_s)
+    except duckdb.Error as exc:
+        if is_lock_error(exc):
+            raise
+        raise ResultsDatabaseError(unreadable_message(path, exc)) from exc
+    try:
+        newer = schema.newer_version_message(path, schema.stored_version(con))
+    except duckdb.Error as exc:
+        con.close()
+        raise ResultsDatabaseError(unreadable_message(path, exc)) from exc
+    if newer:
+        con.close()
+        raise ResultsDatabaseError(newer)
+    return con
+
+
 @contextlib.contextmanager
 def writer(path: str | Path, *, timeout_s: float = 120.0):
     """A write connection with the schema in place; closed on exit so readers can get in."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = _connect_retrying(path, read_only=False, timeout_s=timeout_s)
+    con = _open(path, read_only=False, timeout_s=timeout_s)
     try:
-        schema.create_all(con)
+        try:
+            schema.create_all(con)
+        except CORRUPTION_ERRORS as exc:
+            raise ResultsDatabaseError(unreadable_message(path, exc)) from exc
         yield con
     finally:
         con.close()
@@ -54,14 +93,20 @@ def writer(path: str | Path, *, timeout_s: float = 120.0):
 
 @contextlib.contextmanager
 def reader(path: str | Path, *, timeout_s: float = 30.0):
-    """A read-only connection, retried while a writer holds the file."""
+    """A read-only connection, retried while a writer holds the file.
+
+    Bad bytes met by a query inside the block raise ResultsDatabaseError too.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"no results database at {path}: run `python -m benchmark run --db {path}` first"
         )
-    con = _connect_retrying(path, read_only=True, timeout_s=timeout_s)
+    con = _open(path, read_only=True, timeout_s=timeout_s)
     try:
+        faults.pause_point("read")
         yield con
+    except CORRUPTION_ERRORS as exc:
+        raise ResultsDatabaseError(unreadable_message(path, exc)) from exc
     finally:
         con.close()

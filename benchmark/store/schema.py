@@ -5,6 +5,8 @@ are relied on by checks and the dashboard: add columns, never rename. Every stat
 creates or changes tables is here.
 """
 
+#: Recorded in `meta` ('schema_version') by every writer. A file holding a higher number was written
+#: by a newer cxr-audit and is refused (check_version) rather than read or altered with old DDL.
 SCHEMA_VERSION = 1
 
 TABLES: dict[str, str] = {
@@ -89,6 +91,13 @@ TABLES: dict[str, str] = {
         CREATE TABLE IF NOT EXISTS cam_skips (
             run_id VARCHAR, split VARCHAR, method VARCHAR, reason VARCHAR  -- a method asked for but not run
         )""",
+    "cam_sanity": """
+        CREATE TABLE IF NOT EXISTS cam_sanity (
+            run_id VARCHAR, method VARCHAR, n_images INTEGER,
+            rank_corr DOUBLE, ci_low DOUBLE, ci_high DOUBLE,  -- trained vs randomised-weight maps (Spearman)
+            flagged BOOLEAN,  -- rank_corr >= the audit's sanity_threshold: the maps do not explain the model
+            detail VARCHAR
+        )""",
     "lung_segmenters": """
         CREATE TABLE IF NOT EXISTS lung_segmenters (
             checkpoint_path VARCHAR, created_at TIMESTAMP, image_size INTEGER,
@@ -100,7 +109,7 @@ TABLES: dict[str, str] = {
 }
 
 # Tables whose rows belong to one run: deleted together when a run is replaced.
-RUN_TABLES = ("predictions", "metrics", "cams", "probes", "faithfulness", "cam_skips")
+RUN_TABLES = ("predictions", "metrics", "cams", "probes", "faithfulness", "cam_skips", "cam_sanity")
 PHASES = ("decode", "train", "eval", "cam", "faithfulness", "probe", "store")  # runs.<phase>_seconds
 
 
@@ -124,3 +133,22 @@ def create_all(con) -> None:
 
 def columns(con, table: str) -> list[str]:
     return [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+
+
+def stored_version(con) -> int | None:
+    """The schema_version recorded in `meta`; None for a file without the record (empty, or older)."""
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'meta'").fetchone()[0]:
+        return None
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        return int(row[0]) if row else None
+    except (TypeError, ValueError):
+        return None
+
+
+def newer_version_message(path, found: int) -> str | None:
+    """Why `path` cannot be used by this code (None when it can): it names both versions."""
+    if found is None or found <= SCHEMA_VERSION:
+        return None
+    return (f"{path} was written with results schema version {found}, newer than version {SCHEMA_VERSION} "
+            "that this cxr-audit reads and writes; upgrade cxr-audit, or use another --db")

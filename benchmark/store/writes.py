@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 
+from benchmark import faults
+from benchmark.errors import DiskFullError
 from benchmark.store import schema
 from benchmark.store.connection import writer
 
@@ -63,17 +67,39 @@ def _insert_images(con, images: pd.DataFrame | None, rejected: pd.DataFrame | No
             con.unregister("_rej")
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC from Python, or DuckDB's IO error that carries the same text."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "no space left on device" in str(exc).lower()
+
+
 @contextlib.contextmanager
-def transaction(db_path: str | Path):
-    """A write connection inside BEGIN ... COMMIT, rolled back on any exception (or a kill)."""
-    with writer(db_path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            yield con
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+def transaction(db_path: str | Path, run_id: str | None = None):
+    """A write connection inside BEGIN ... COMMIT, rolled back on any exception (or a kill).
+
+    A full disk, whenever it strikes (opening, inserting, committing), becomes a DiskFullError
+    that says nothing of `run_id` was stored.
+    """
+    try:
+        with writer(db_path) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                faults.pause_point("commit")  # test-only: a kill -9 here must leave the DB whole
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):  # a failed COMMIT has already rolled back
+                    con.execute("ROLLBACK")
+                raise
+    except DiskFullError:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(f"no space left on device while writing {db_path}: the transaction was rolled "
+                                f"back, nothing stored for run {run_id or '(none)'}; free some space and "
+                                "rerun (finished runs are skipped)") from exc
+        raise
 
 
 def write_run(db_path: str | Path, bundle: RunBundle) -> None:
@@ -82,7 +108,7 @@ def write_run(db_path: str | Path, bundle: RunBundle) -> None:
     run_id = run["run_id"]
     run.setdefault("finished_at", dt.datetime.now())
     started = time.perf_counter()
-    with transaction(db_path) as con:
+    with transaction(db_path, run_id) as con:
         _delete_run_rows(con, run_id)
         _insert_images(con, bundle.images, bundle.rejected)
         if bundle.segmenter and not con.execute("SELECT 1 FROM lung_segmenters WHERE checkpoint_path = ?",
@@ -118,7 +144,7 @@ def replace_run_tables(db_path: str | Path, run_id: str, tables: dict[str, tuple
     for table in tables:
         if table not in schema.RUN_TABLES:
             raise ValueError(f"{table} is not a per-run table; choose from {schema.RUN_TABLES}")
-    with transaction(db_path) as con:
+    with transaction(db_path, run_id) as con:
         _insert_images(con, images, rejected)
         if run_row is not None and not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
             _insert_df(con, "runs", pd.DataFrame([run_row]))

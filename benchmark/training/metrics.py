@@ -209,6 +209,24 @@ def point_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str])
     return _rows(values, None, cm, names)
 
 
+def confusion_matrix(y_true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """C x C counts, rows = true class, columns = predicted class (class indices in [0, n_classes))."""
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(pred, dtype=np.int64)
+    if y.shape != p.shape or y.ndim != 1:
+        raise ValueError(f"y_true and pred must be 1-D and the same length, got {y.shape} and {p.shape}")
+    if y.size and (min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= n_classes):
+        raise ValueError(f"class indices must lie in [0, {n_classes - 1}]")
+    return _confusion_weighted(y, p, np.ones((1, y.size)), n_classes)[0].astype(np.int64)
+
+
+def row_normalised(counts: np.ndarray) -> np.ndarray:
+    """Each row of a confusion matrix divided by its sum (the share of a true class predicted as
+    each class; the diagonal is the sensitivity); NaN for a class without images."""
+    c = np.asarray(counts, dtype=np.float64)
+    return _safe_div(c, c.sum(axis=1, keepdims=True), np.nan)
+
+
 def _patient_counts(rng: np.random.Generator, n_patients: int, n_samples: int) -> np.ndarray:
     """How often each patient is drawn in each of ``n_samples`` resamples of size n_patients."""
     draws = rng.integers(0, n_patients, size=(n_samples, n_patients))

@@ -1,14 +1,18 @@
-"""Compare: one X-ray, the top models' CAMs side by side (or one model under every CAM method).
+"""Compare: one X-ray, the top models' CAMs side by side (or one model under every CAM method),
+downloadable as one PNG.
 
 The URL carries dataset, image, run and method (?dataset=..&image=..&run=..&method=..), so the
 misclassification gallery can open an image here and a view can be shared as a link.
 """
+import functools
+
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, common, render, views
+from dashboard import cache, common, downloads, render, views
 
 DISPLAY_SIDE = 320
+PICKER_WINDOW = 200  # images offered by the picker at once, around the current one
 MODES = ("Top models by accuracy", "One model, every CAM method")
 QP_TO_STATE = {"dataset": "cmp_dataset", "image": "cmp_image", "run": "cmp_run", "method": "cmp_method"}
 
@@ -38,7 +42,9 @@ datasets = cache.query("datasets")
 _valid("cmp_dataset", datasets)
 c1, c2, c3, c4, c5 = st.columns([1.3, 1, 2.4, 0.55, 0.55], vertical_alignment="bottom")
 dataset = c1.selectbox("Dataset", datasets, key="cmp_dataset")
-images = cache.query("predicted_images", dataset)
+# The picker's list is ids, classes and sources only; the chosen image's row, predictions and maps
+# are fetched for that image (and its shown runs) alone, so a rerun costs what the page shows.
+images = cache.query("image_list", dataset)
 if images.empty:
     st.info(f"No test predictions stored for {dataset}.")
     st.stop()
@@ -46,9 +52,13 @@ labels = ["all"] + sorted(images["label"].dropna().unique())
 _valid("cmp_label", labels)
 label = c2.selectbox("True class", labels, key="cmp_label")
 shown = images if label == "all" else images[images.label == label]
-ids = list(shown["image_id"])
-by_id = shown.set_index("image_id")
+ids = shown["image_id"].tolist()
 _valid("cmp_image", ids)
+# The selectbox offers a window of PICKER_WINDOW images around the current one (a 25k-option widget
+# costs a second per rerun to build and send); Prev/Next walk the whole list.
+position = ids.index(st.session_state["cmp_image"]) if st.session_state.get("cmp_image") in ids else 0
+window = views.window(len(ids), position, PICKER_WINDOW)
+by_id = shown.iloc[window].set_index("image_id")
 
 
 def _step(delta: int) -> None:
@@ -58,7 +68,7 @@ def _step(delta: int) -> None:
 
 
 image_id = c3.selectbox(
-    f"Image ({len(ids)})", ids, key="cmp_image",
+    f"Image ({len(ids)})", list(by_id.index), key="cmp_image",
     format_func=lambda i: f"{by_id.at[i, 'label']} · {by_id.at[i, 'source'] or ''} · {i}")
 c4.button("Prev", key="cmp_prev", on_click=_step, args=(-1,), icon=":material/arrow_back:", width="stretch",
           help="previous image")
@@ -67,7 +77,7 @@ c5.button("Next", key="cmp_next", on_click=_step, args=(1,), icon=":material/arr
 
 preds = cache.query("image_predictions", image_id)
 methods = cache.query("cam_methods", dataset)
-row = by_id.loc[image_id]
+row = cache.query("image_row", image_id).iloc[0]
 m0, m1, m2 = st.columns([1.6, 1, 1.4], vertical_alignment="bottom")
 mode = m0.radio("Show", MODES, horizontal=True, key="cmp_mode")
 opacity, colormap, show_contour = common.overlay_controls("cmp")
@@ -83,8 +93,9 @@ if mode == MODES[0]:
                           index=views.preferred_method_index(methods))
     k_max = max(1, min(8, len(preds)))
     k = m2.slider("Top k models by test accuracy", 1, k_max, min(4, k_max), key="cmp_k") if k_max > 1 else 1
-    cams = cache.query("image_cams", image_id, method) if methods else None
-    for _, p in preds.head(k).iterrows():
+    top = preds.head(k)
+    cams = cache.query("run_image_cams", image_id, tuple(top.run_id), method) if methods else None
+    for _, p in top.iterrows():
         match = cams[cams.run_id == p.run_id] if cams is not None else None
         panels.append((f"{p.model}" + (" (ImageNet)" if p.pretrained else ""),
                        match.iloc[0] if match is not None and not match.empty else None, p))
@@ -96,8 +107,7 @@ else:
     model_of = dict(zip(preds.run_id, preds.model))
     run_id = m1.selectbox("Model", run_ids, key="cmp_run", format_func=lambda r: f"{model_of[r]} ({r})")
     p = preds[preds.run_id == run_id].iloc[0]
-    cams = cache.query("image_cams", image_id, None)
-    cams = cams[cams.run_id == run_id]
+    cams = cache.query("run_image_cams", image_id, (run_id,), None)
     for _, c in cams.iterrows():
         panels.append((c.method, c, p))
     if cams.empty:
@@ -107,6 +117,7 @@ else:
 st.session_state["_cmp_applied"] = {k: st.query_params.get(k) for k in QP_TO_STATE}
 
 st.divider()
+tiles = []  # (title, picture, caption lines): the comparison as one PNG
 left, right = st.columns([1, 3.2])
 with left:
     st.markdown(f"**True class: {row['label']}**")
@@ -118,9 +129,10 @@ with left:
     if picture is None:
         st.warning("The image file is not on this machine (set $CXR_DATA to the data pack).")
     else:
-        st.image(render.overlay(picture, None, lung_mask=mask if show_contour else None),
-                 caption="X-ray" + (" with lung contour" if mask is not None and show_contour else ""),
+        xray = render.overlay(picture, None, lung_mask=mask if show_contour else None)
+        st.image(xray, caption="X-ray" + (" with lung contour" if mask is not None and show_contour else ""),
                  width="stretch", output_format="PNG")
+        tiles.append((f"true class: {row['label']}", xray, [" · ".join(facts)[:60], image_id[-40:]]))
         if mask is None:
             st.caption("No lung mask for this image.")
 with right:
@@ -133,16 +145,30 @@ with right:
             with col:
                 st.markdown(f"**{title}**")
                 cam = None if cam_row is None else views.cam_from_row(cam_row)
+                shown = None
                 if picture is not None:
-                    st.image(render.overlay(picture, cam, opacity=opacity, colormap=colormap,
-                                            lung_mask=mask if show_contour else None),
-                             width="stretch", output_format="PNG")
+                    shown = render.overlay(picture, cam, opacity=opacity, colormap=colormap,
+                                           lung_mask=mask if show_contour else None)
+                    st.image(shown, width="stretch", output_format="PNG")
                 verdict = ":green[correct]" if p.pred == p.label else ":red[wrong]"
                 st.markdown(f"pred **{p.pred}** ({p.confidence:.2f}) {verdict}")
                 if cam_row is None:
-                    st.caption("no CAM stored for this method")
+                    note = "no CAM stored for this method"
                 else:
                     mass = f"{cam_row.lung_mass:.2f}" if pd.notna(cam_row.lung_mass) else "n/a"
                     on = cam_row.pointing_hit
                     hit = "" if pd.isna(on) else ("peak on lungs" if on else "peak off lungs")
-                    st.caption(f"lung mass {mass} · {hit}" if hit else f"lung mass {mass}")
+                    note = f"lung mass {mass} · {hit}" if hit else f"lung mass {mass}"
+                st.caption(note)
+                if shown is not None:
+                    tiles.append((str(title), shown, [
+                        f"pred {p.pred} ({p.confidence:.2f}) {'correct' if p.pred == p.label else 'wrong'}", note]))
+
+if tiles:
+    what = f"{method} maps" if mode == MODES[0] else f"{model_of[run_id]}, every CAM method"
+    st.download_button(
+        "Comparison (PNG)", key="cmp_png", icon=":material/download:", on_click="ignore", mime="image/png",
+        data=functools.partial(render.comparison_png, tiles, columns=min(len(tiles), 5),
+                               title=f"{dataset} · {image_id} · {what}"),
+        file_name=f"compare-{downloads.file_stem(image_id)}.png",
+        help="The X-ray and the overlays above side by side, with their titles and numbers, as one PNG")

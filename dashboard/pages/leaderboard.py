@@ -3,7 +3,8 @@ import functools
 
 import streamlit as st
 
-from dashboard import cache, common, render, views
+from benchmark.report import evidence
+from dashboard import cache, common, downloads, render, views
 
 st.title("Leaderboard")
 st.caption("Accuracy alone cannot tell a model that reads the lungs from one that reads a text marker. "
@@ -25,6 +26,7 @@ summary = cache.query("summary")
 class_metrics = cache.query("class_metrics")
 focus = cache.query("lung_focus_by_run")
 probes = cache.query("probe_results")
+sanity = cache.query("cam_sanity")
 methods = sorted(focus["method"].unique()) if not focus.empty else []
 all_datasets = sorted(summary["dataset"].unique())
 
@@ -49,7 +51,8 @@ by_group = views.several_seeds(groups) and st.toggle(
 
 base = cache.baselines(chosen)
 board = views.leaderboard(summary[summary.dataset.isin(chosen)], class_metrics, focus, probes,
-                          method if methods else None, class_choice, {d: v for d, (v, _) in base.items()})
+                          method if methods else None, class_choice, {d: v for d, (v, _) in base.items()},
+                          sanity=sanity)
 run_ids = set(board.run_id) if not board.empty else set()
 if by_group and not board.empty:
     board = views.seed_board(board, groups)
@@ -65,6 +68,7 @@ table = board.assign(
     sensitivity_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.sensitivity_ci_low, board.sensitivity_ci_high)],
     specificity_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.specificity_ci_low, board.specificity_ci_high)],
     auc_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.auc_ci_low, board.auc_ci_high)],
+    source_auc_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.source_auc_ci_low, board.source_auc_ci_high)],
 )
 num = st.column_config.NumberColumn
 seed_cols = ["n_seeds"] if by_group else []
@@ -77,8 +81,12 @@ st.dataframe(
                   "lung_mass_vs_uniform", "lung_mass_ceiling", "lung_focus_score"]
                  + (["lung_focus_score_sd"] if by_group else []) + ["pointing_game"]
                  + (["marker_mass"] if board["marker_mass"].notna().any() else [])
-                 + ["lungs_removed_acc", "lungs_removed_drop", "external_drop", "external_dataset",
-                  "sensitivity", "sensitivity_ci", "specificity", "specificity_ci", "auc", "auc_ci"]
+                 + ["lungs_removed_acc", "lungs_removed_drop", "external_drop", "external_dataset"]
+                 + (["source_auc", "source_auc_ci", "source_pixels_auc"]
+                    if board[["source_auc", "source_pixels_auc"]].notna().any(axis=None) else [])
+                 + (["sanity_rank_corr", "sanity_flagged", "sanity_flagged_methods"]
+                    if board["sanity_flagged_methods"].notna().any() else [])
+                 + ["sensitivity", "sensitivity_ci", "specificity", "specificity_ci", "auc", "auc_ci"]
                  + (["auc_sd"] if by_group else []) + ["pretrained", "n_test"],
     column_config={
         "dataset": "Dataset", "model": "Model", "pretrained": st.column_config.CheckboxColumn("ImageNet"),
@@ -113,6 +121,24 @@ st.dataframe(
         "external_drop": num("External drop", format="%.3f",
                              help="Test accuracy minus accuracy on another dataset (the worst one)"),
         "external_dataset": "External set",
+        "source_auc": num("Source AUC", format="%.3f",
+                          help="Source probe (Zech et al. 2018): macro AUC of a logistic regression telling the "
+                               "source database apart from the model's penultimate features (fitted on the train "
+                               "split, scored on the test split); 0.5 = indistinguishable, 1 = always told apart"),
+        "source_auc_ci": "Source AUC 95% CI",
+        "source_pixels_auc": num("Source AUC (pixels)", format="%.3f",
+                                 help="The same probe on the raw image pooled to 16 x 16: how recognisable the "
+                                      "source is with no model at all, i.e. how available the shortcut is"),
+        "sanity_rank_corr": num("Sanity rank corr.", format="%.2f",
+                                help="CAM sanity check (Adebayo et al. 2018) of this method: mean Spearman "
+                                     "correlation between the trained model's maps and those of the same "
+                                     "architecture with randomised weights; high = the maps barely depend on "
+                                     "what the model learned"),
+        "sanity_flagged": num("Sanity flag", format="%.0f",
+                              help="1 = this method's maps barely change under randomised weights, so they do "
+                                   "not explain the model (seed groups: the share of seeds flagged)"),
+        "sanity_flagged_methods": st.column_config.TextColumn(
+            "Flagged methods", help="Every CAM method of the run flagged by the sanity check"),
         "n_seeds": num("Seeds", format="%d", help="Runs in the seed group"),
         "accuracy_sd": num("Acc. SD (seeds)", format="%.3f", help=sd_help),
         "lung_mass_sd": num("Lung mass SD (seeds)", format="%.3f", help=sd_help),
@@ -120,6 +146,7 @@ st.dataframe(
         "auc_sd": num("AUC SD (seeds)", format="%.3f", help=sd_help),
     },
 )
+downloads.table_buttons(table, "leaderboard", "lb_table")
 if by_group:
     st.caption("One row per seed group: each number is the mean over the group's seeds, beside its SD over seeds; "
                "the 95% CI columns are the mean of the per-seed bootstrap CI bounds (not a CI of the mean). "
@@ -156,6 +183,30 @@ else:
                                                          help="intact accuracy on the same images (lungs "
                                                               "probes) or test accuracy (external sets)"),
         "change": num(format="%+.3f")})
+    downloads.table_buttons(probe_rows, "shortcut-probes", "lb_probes")
+
+st.subheader("Source probe and CAM sanity check")
+st.caption("Source probe (Zech et al. 2018): a logistic regression fitted on the train split to tell which source "
+           "database an image came from, scored on the test split (macro AUC, 95% CI by patient bootstrap): on the "
+           "model's penultimate features and on the image pooled to 16 x 16 pixels. Near 1 = the source is "
+           "recognisable, so a source shortcut is available; `auc_within:<class>` repeats it within one class. "
+           "CAM sanity check (Adebayo et al. 2018): each method's maps of the trained model against the same "
+           "architecture with all weights re-initialised; a high rank correlation (flagged) means the maps barely "
+           "depend on what the model learned.")
+src_rows = evidence.source_table(probes[probes.run_id.isin(run_ids)] if not probes.empty else probes)
+sanity_rows = evidence.sanity_table(sanity[sanity.run_id.isin(run_ids)] if not sanity.empty else sanity)
+if src_rows.empty and sanity_rows.empty:
+    st.info("No source probe or CAM sanity check stored for these runs.")
+if not src_rows.empty:
+    st.dataframe(src_rows, key="lb_source", hide_index=True, column_config={
+        "auc": num("AUC", format="%.3f"), "n_test": num("n test", format="%d"),
+        "note": st.column_config.TextColumn("note", help="why a probe was skipped")})
+    downloads.table_buttons(src_rows, "source-probe", "lb_source")
+if not sanity_rows.empty:
+    st.dataframe(sanity_rows, key="lb_sanity", hide_index=True, column_config={
+        "rank_corr": num("rank corr.", format="%.3f"), "n_images": num("images", format="%d"),
+        "flagged": st.column_config.CheckboxColumn("flagged")})
+    downloads.table_buttons(sanity_rows, "cam-sanity", "lb_sanity")
 
 with st.expander("Cost per phase (wall seconds per run)"):
     costs = views.phase_costs(details[details.run_id.isin(run_ids)])
@@ -166,6 +217,8 @@ with st.expander("Cost per phase (wall seconds per run)"):
         st.dataframe(costs, key="lb_costs", hide_index=True, column_config={
             **secs, "total_seconds": num("total", format="%.1f"),
             "train_images_per_s": num("train img/s", format="%.1f")})
+        downloads.table_buttons(costs, "phase-costs", "lb_costs")
         st.caption("decode: reading and resizing images; train: fitting; eval: scoring the test split; cam: CAMs "
-                   "and their measures; faithfulness: ROAD and confidence drop; probe: lungs probes; store: "
-                   "writing the run. Blank: not recorded (results written before the phases were timed).")
+                   "and their measures, with the CAM sanity check; faithfulness: ROAD and confidence drop; probe: "
+                   "lungs probes and source probes; store: writing the run. Blank: not recorded (results written "
+                   "before the phases were timed).")

@@ -94,6 +94,8 @@ with left:
         st.warning("The segmenter found no lungs in this image, so lung mass is not defined.")
     else:
         st.caption(f"Lungs cover {share:.2f} of the image: a CAM spread evenly would score lung mass {share:.2f}.")
+    if segmenter is not None:
+        st.caption(segmenter_note)  # which segmenter (shipped or trained) and its held-out Dice
 
 with right:
     if not chosen:
@@ -114,6 +116,10 @@ with right:
     elapsed = time.perf_counter() - started
     # evict the oldest entries of other uploads first: this upload's image and mask stay
     for old in [k for k in kept if digest not in k][:max(0, len(kept) - MAX_KEPT_RESULTS)]:
+        kept.pop(old)
+    # an earlier upload's decoded pixels and mask (up to tens of MB each) go at once: only the
+    # current upload's are kept, so a session's memory does not grow with its uploads
+    for old in [k for k in kept if digest not in k and k[0] in ("image", "mask")]:
         kept.pop(old)
     per_row = 3  # fixed width per model, however many are chosen
     for start in range(0, len(results), per_row):

@@ -1,8 +1,10 @@
 """Misclassifications: filter every test prediction, page through thumbnails, open one in Compare."""
+import functools
+
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, common, render, views
+from dashboard import cache, common, downloads, render, views
 
 THUMB_SIDE = 160
 PER_ROW = 4
@@ -21,16 +23,17 @@ methods = cache.query("cam_methods", dataset)
 method = c2.selectbox("CAM method", methods or ["(none stored)"], key="mis_method",
                       index=views.preferred_method_index(methods), **keep)
 method = method if methods else None
-rows = cache.query("prediction_rows", dataset, method)
-if rows.empty:
+# Filters, order and paging run in SQL (benchmark.store.queries.gallery_*): a rerun reads one page of
+# rows and a count, whatever the number of predictions stored.
+choices = cache.query("gallery_facets", dataset)
+if not choices["n_rows"]:
     st.info(f"No test predictions stored for {dataset}.")
     st.stop()
-runs = rows.drop_duplicates("run_id")[["run_id", "model"]]
-model_of = dict(zip(runs.run_id, runs.model))
-run_ids = c3.multiselect("Models", list(runs.run_id), default=[], key="mis_runs", format_func=model_of.get,
+model_of = dict(choices["runs"])
+run_ids = c3.multiselect("Models", list(model_of), default=[], key="mis_runs", format_func=model_of.get,
                          placeholder="all models", **keep)
 
-classes = sorted(set(rows.label) | set(rows.pred))
+classes = choices["classes"]
 f1, f2, f3, f4 = st.columns([1, 1.4, 1.4, 1.2])
 only_wrong = f1.toggle("Only misclassified", value=True, key="mis_only_wrong", **keep)
 true_classes = f2.multiselect("True class", classes, key="mis_true", placeholder="all", **keep)
@@ -43,12 +46,12 @@ lung_mass = g1.slider("Lung mass", 0.0, 1.0, (0.0, 1.0), 0.01, key="mis_lung_mas
                            "are kept only while the range is full)", **keep)
 facets = {}
 for col, box, name in ((g2, "source", "Source"), (g3, "view", "View"), (g4, "sex", "Sex")):
-    options = views.known_values(rows, box)
+    options = choices[box]
     facets[box] = tuple(col.multiselect(name, options, key=f"mis_{box}", placeholder="all", **keep)) \
         if options else ()
     if not options:
         col.caption(f"{name}: not recorded")
-ages = views.age_range(rows)
+ages = views.slider_range(choices["age"])
 age = None
 if ages and ages[1] > ages[0]:
     age = g5.slider("Age", ages[0], ages[1], ages, 1.0, key="mis_age", **keep)
@@ -59,23 +62,39 @@ flt = views.GalleryFilter(
     run_ids=tuple(run_ids), only_wrong=only_wrong, true_classes=tuple(true_classes),
     pred_classes=tuple(pred_classes), confidence=tuple(confidence), lung_mass=tuple(lung_mass),
     sources=facets["source"], views=facets["view"], sexes=facets["sex"], age=age, age_full_range=ages)
-picked = views.filter_predictions(rows, flt)
 common.stale_notice()
 
 s1, s2, s3, s4 = st.columns([2.2, 1.4, 1, 1.2], vertical_alignment="bottom")
-s1.markdown(f"**{len(picked)}** of {len(rows)} predictions "
-            f"({int((~rows.correct.astype(bool)).sum())} misclassified over {rows.run_id.nunique()} models)")
 order = s2.selectbox("Order", list(views.GALLERY_ORDERS), key="mis_order", **keep)
 page_size = s3.selectbox("Per page", [12, 24, 48], key="mis_page_size", **keep)
-picked = views.sort_gallery(picked, order)
-s4.download_button("Export CSV", views.export_csv(picked), file_name=f"predictions-{dataset}.csv",
-                   mime="text/csv", key="mis_export", icon=":material/download:", on_click="ignore")
+wanted = views.gallery_query(flt, order)
+n_picked = cache.query("gallery_count", dataset, method, **wanted["filters"])
+s1.markdown(f"**{n_picked}** of {choices['n_rows']} predictions "
+            f"({choices['n_wrong']} misclassified over {choices['n_runs']} models)")
 
-n_pages = max(1, -(-len(picked) // page_size))
+
+def _export(encode):
+    """Every row that passes the filters, fetched only when a download button is clicked."""
+    rows = cache.query("gallery_page", dataset, method, limit=None, **wanted["order"], **wanted["filters"])
+    return encode(views.export_rows(rows))
+
+
+e1, e2 = s4.columns(2)
+stem = downloads.file_stem(f"predictions-{dataset}")
+e1.download_button("CSV", data=functools.partial(_export, downloads.csv_bytes), file_name=f"{stem}.csv",
+                   mime="text/csv", key="mis_export_csv", icon=":material/download:", on_click="ignore",
+                   help=f"Download the {n_picked} filtered predictions (every column) as CSV")
+e2.download_button("Parquet", data=functools.partial(_export, downloads.parquet_bytes), file_name=f"{stem}.parquet",
+                   mime=downloads.PARQUET_MIME, key="mis_export_parquet", icon=":material/download:",
+                   on_click="ignore", help=f"Download the {n_picked} filtered predictions (every column, typed) "
+                                           "as Parquet")
+
+n_pages = max(1, -(-n_picked // page_size))
 if st.session_state.get("mis_page", 1) > n_pages:
     st.session_state["mis_page"] = 1
 page = st.number_input(f"Page (of {n_pages})", 1, n_pages, key="mis_page", width=160) if n_pages > 1 else 1
-shown, _ = views.page_of(picked, page, page_size)
+shown = cache.query("gallery_page", dataset, method, limit=page_size, offset=(int(page) - 1) * page_size,
+                    **wanted["order"], **wanted["filters"])
 if shown.empty:
     st.info("No prediction passes these filters.")
     st.stop()
