@@ -55,6 +55,16 @@ def image_identity(record) -> tuple[str, str]:
     return record.source or "", record.path
 
 
+def known_records(dataset: Dataset, classes: list[str]) -> list:
+    """The dataset's records of classes the model knows; logs what is left out."""
+    known = [r for r in dataset.records if r.label in classes]
+    unknown = sorted({r.label for r in dataset.records} - set(classes))
+    if unknown:
+        log.info("left out %d images of classes the model does not know: %s",
+                 len(dataset.records) - len(known), ", ".join(unknown))
+    return known
+
+
 def evaluate_external(checkpoint: str | Path, dataset: Dataset, db: str | Path, *, device, audit: AuditConfig,
                       seed: int, cache_dir: str | None = None, progress: bool = False,
                       seen: set[tuple[str, str]] | None = None) -> ExternalResult:
@@ -62,11 +72,7 @@ def evaluate_external(checkpoint: str | Path, dataset: Dataset, db: str | Path, 
     store the rows in one transaction."""
     model, meta = load_checkpoint(checkpoint, device=device)
     classes = meta["classes"]
-    known = [r for r in dataset.records if r.label in classes]
-    unknown = sorted({r.label for r in dataset.records} - set(classes))
-    if unknown:
-        log.info("left out %d images of classes the model does not know: %s",
-                 len(dataset.records) - len(known), ", ".join(unknown))
+    known = known_records(dataset, classes)
     fresh = [r for r in known if seen is None or image_identity(r) not in seen]
     if not fresh:
         raise BenchmarkError(f"{dataset.name}: no image has a class the model knows ({', '.join(classes)})"

@@ -39,6 +39,7 @@ from benchmark.models.imported import (
 )
 from benchmark.models.statedict import file_sha256, read_state_dict
 from benchmark.models.zoo import XrayClassifier
+from benchmark.pipeline.external import known_records
 from benchmark.pipeline.job import images_frame, rejected_frame
 from benchmark.pipeline.spec import JobSpec
 from benchmark.store import queries, reader, replace_run_tables
@@ -133,11 +134,7 @@ def evaluate_imported(checkpoint: str | Path, dataset: Dataset, db: str | Path, 
     started = dt.datetime.now()
     model, meta = load_checkpoint(checkpoint, device=device)
     classes = meta["classes"]
-    known = [r for r in dataset.records if r.label in classes]
-    unknown = sorted({r.label for r in dataset.records} - set(classes))
-    if unknown:
-        log.info("left out %d images of classes the model does not know: %s",
-                 len(dataset.records) - len(known), ", ".join(unknown))
+    known = known_records(dataset, classes)
     if not known:
         raise BenchmarkError(f"{dataset.name}: no image has a class the model knows ({', '.join(classes)})")
     decoded, metric_rows, pred_rows, tables = score_and_audit(

@@ -6,23 +6,15 @@ columns of the leaderboard itself are board.source_summary and board.sanity_summ
 """
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from benchmark.report.board import ci_text
+from benchmark.report.measures import detail_dict
 
 FEATURES = {"source": "model features", "source_pixels": "pixels 16x16"}
 SOURCE_COLUMNS = ["dataset", "model", "features", "metric", "auc", "95% CI", "sources", "n_test", "note", "run_id"]
 SANITY_COLUMNS = ["dataset", "model", "method", "n_images", "rank_corr", "95% CI", "flagged", "run_id"]
 
-
-def _detail(text) -> dict:
-    try:
-        out = json.loads(text) if isinstance(text, str) and text else {}
-    except ValueError:
-        return {}
-    return out if isinstance(out, dict) else {}
 
 
 def source_table(probes: pd.DataFrame) -> pd.DataFrame:
@@ -33,7 +25,7 @@ def source_table(probes: pd.DataFrame) -> pd.DataFrame:
     rows = probes[probes.probe.isin(list(FEATURES))]
     out = []
     for r in rows.itertuples(index=False):
-        d = _detail(r.detail)
+        d = detail_dict(r.detail)
         value = pd.to_numeric(r.value, errors="coerce")
         out.append({"dataset": r.dataset, "model": r.model, "features": FEATURES[r.probe], "metric": r.metric,
                     "auc": value, "95% CI": ci_text(r.ci_low, r.ci_high), "sources": ", ".join(d.get("sources", [])),
@@ -101,6 +93,6 @@ def sanity_report_table(sanity: pd.DataFrame):
 def _threshold(sanity: pd.DataFrame) -> float | None:
     if sanity is None or sanity.empty or "detail" not in sanity:
         return None
-    values = {_detail(d).get("threshold") for d in sanity.detail}
+    values = {detail_dict(d).get("threshold") for d in sanity.detail}
     values.discard(None)
     return float(values.pop()) if len(values) == 1 else None

@@ -55,7 +55,8 @@ def per_class(class_metrics: pd.DataFrame) -> pd.DataFrame:
     return _wide(rows, ["run_id", "class_name"], "metric")
 
 
-def _detail(text) -> dict:
+def detail_dict(text) -> dict:
+    """A stored `detail` JSON text as a dict ({} when absent or not an object)."""
     try:
         out = json.loads(text) if isinstance(text, str) and text else {}
     except ValueError:
@@ -74,7 +75,7 @@ def external(probes: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     acc = summary.set_index("run_id")["accuracy"] if not summary.empty else pd.Series(dtype=float)
     rows = []
     for r in ext.itertuples(index=False):
-        detail = _detail(r.detail)
+        detail = detail_dict(r.detail)
         internal = detail.get("internal_test_accuracy")
         if internal is None and r.run_id in acc.index:
             internal = acc[r.run_id]
