@@ -12,6 +12,7 @@ import pandas as pd
 
 # The leaderboard's composition is shared with the replication report, so it lives in
 # benchmark.report.board; the pages keep reaching it through this module.
+from benchmark.report import evidence
 from benchmark.report.board import (  # noqa: F401
     MEAN_OVER_CLASSES,
     PREFERRED_METHODS,
@@ -59,6 +60,46 @@ def sort_board(board: pd.DataFrame, sort_label: str) -> pd.DataFrame:
     if board.empty or col not in board:
         return board
     return board.sort_values(col, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class LeaderboardView:
+    """Everything the leaderboard page draws for one choice of filters (built once per DB state)."""
+    board: pd.DataFrame  # sorted; one row per run, or per seed group
+    table: pd.DataFrame  # the board with its CI text columns: what the main table shows
+    run_ids: frozenset[str]  # the runs behind the board's rows
+    probes: pd.DataFrame  # probe_table of those runs
+    sources: pd.DataFrame  # evidence.source_table of those runs
+    sanity: pd.DataFrame  # evidence.sanity_table of those runs
+    costs: pd.DataFrame  # phase_costs of those runs
+
+
+def _of_runs(frame: pd.DataFrame, run_ids: set[str]) -> pd.DataFrame:
+    return frame[frame.run_id.isin(run_ids)] if not frame.empty else frame
+
+
+def leaderboard_view(summary: pd.DataFrame, class_metrics: pd.DataFrame, focus: pd.DataFrame,
+                     probes: pd.DataFrame, sanity: pd.DataFrame, details: pd.DataFrame, *,
+                     datasets: tuple[str, ...], method: str | None, class_choice: str, by_group: bool,
+                     sort_label: str, baselines: dict[str, float | None]) -> LeaderboardView:
+    """The leaderboard page's tables from its query results (queries.summary, class_metrics,
+    lung_focus_by_run, probe_results, cam_sanity, run_details) and its widgets' values."""
+    board = leaderboard(summary[summary.dataset.isin(datasets)], class_metrics, focus, probes, method,
+                        class_choice, baselines, sanity=sanity)
+    run_ids = set(board.run_id) if not board.empty else set()
+    if by_group and not board.empty:
+        board = seed_board(board, seed_groups(details))
+    board = sort_board(board, sort_label)
+    table = board
+    if not board.empty:
+        table = board.assign(**{f"{m}_ci": [ci_text(lo, hi) for lo, hi in zip(board[f"{m}_ci_low"],
+                                                                               board[f"{m}_ci_high"])]
+                                for m in ("accuracy", "sensitivity", "specificity", "auc", "source_auc")})
+    return LeaderboardView(board=board, table=table, run_ids=frozenset(run_ids),
+                           probes=probe_table(_of_runs(probes, run_ids), summary),
+                           sources=evidence.source_table(_of_runs(probes, run_ids)),
+                           sanity=evidence.sanity_table(_of_runs(sanity, run_ids)),
+                           costs=phase_costs(details[details.run_id.isin(run_ids)]))
 
 
 # ----------------------------------------------------------------------------- gallery filters

@@ -273,3 +273,52 @@ def test_leaderboard_offers_the_report_download(app_env, monkeypatch):
     assert cache.report_html(str(app_env), stamp).decode("utf-8") == html and len(builds) == 1  # cached by stamp
     cache.report_html(str(app_env), (*stamp[:2], stamp[2] + 1))  # the DB changed: built again
     assert len(builds) == 2
+
+
+@pytest.mark.slow  # an AppTest per session
+def test_board_is_composed_once_per_db_state_and_choice(tmp_path, monkeypatch):
+    """Reruns and other sessions reuse the composed board; a new choice or a commit rebuilds it."""
+    import duckdb
+
+    db = build_results_db(tmp_path, FakeResultsSpec(datasets=("d1",), models=("shallow", "resnet18")))
+    monkeypatch.setenv("CXR_RESULTS_DB", str(db))
+    built = []
+    real = views.leaderboard_view
+    monkeypatch.setattr(views, "leaderboard_view", lambda *a, **kw: built.append(kw["sort_label"]) or real(*a, **kw))
+    at = open_page()
+    at.run()
+    other = open_page()  # a second session
+    assert len(built) == 1 and len(_board(other)) == 2
+    at.selectbox(key="lb_sort").set_value("lung mass (low first)").run()
+    assert built == ["accuracy (high first)", "lung mass (low first)"]
+    with duckdb.connect(str(db)) as con:  # a run commits: the page shows it at the next rerun
+        con.execute("UPDATE metrics SET value = 0.123 WHERE metric = 'accuracy' AND split = 'test' "
+                    "AND run_id = (SELECT min(run_id) FROM runs WHERE status = 'done')")
+    at.run()
+    assert len(built) == 3 and 0.123 in set(_board(at).accuracy.round(3))
+
+
+@pytest.mark.slow  # an AppTest per session
+def test_scatter_figure_is_shared_between_sessions_and_never_changed(tmp_path, monkeypatch):
+    """The scatter is a cache_resource: one Figure for every session, which drawing leaves as built."""
+    import plotly.io as pio
+
+    from dashboard import cache, render
+
+    db = build_results_db(tmp_path, FakeResultsSpec(datasets=("d1",), models=("shallow", "resnet18")))
+    monkeypatch.setenv("CXR_RESULTS_DB", str(db))
+    cache.clear()  # the fixture's board is deterministic: another test may have drawn the same one
+    figures = []
+    real = render.accuracy_focus_scatter
+    monkeypatch.setattr(render, "accuracy_focus_scatter", lambda *a, **kw: figures.append(real(*a, **kw)) or
+                        figures[-1])
+    built_json = None
+    for _ in range(3):  # three sessions
+        at = open_page()
+        assert not at.exception and at.get("plotly_chart")
+        if built_json is None:
+            built_json = pio.to_json(figures[0], validate=False)
+    assert len(figures) == 1
+    assert pio.to_json(figures[0], validate=False) == built_json
+    at.radio(key="lb_focus").set_value("pointing_game").run()
+    assert len(figures) == 2  # another measure: another figure

@@ -129,7 +129,8 @@ def sanity_summary(sanity: pd.DataFrame | None, method: str | None) -> pd.DataFr
     flagged = sanity[sanity.flagged.fillna(False).astype(bool)].groupby("run_id")["method"].agg(
         lambda m: ", ".join(sorted(m)))
     out = pd.DataFrame({"run_id": sorted(sanity.run_id.unique())})
-    out["sanity_flagged_methods"] = out.run_id.map(flagged).fillna("")
+    # no run flagged: map() gives float NaNs, which cannot take "" as a fill
+    out["sanity_flagged_methods"] = out.run_id.map(flagged).astype(object).fillna("")
     one = sanity[sanity.method == method] if method is not None else sanity.iloc[0:0]
     one = one.drop_duplicates("run_id").set_index("run_id")
     out["sanity_rank_corr"] = pd.to_numeric(out.run_id.map(one["rank_corr"]), errors="coerce")

@@ -3,8 +3,7 @@ import functools
 
 import streamlit as st
 
-from benchmark.report import evidence
-from dashboard import cache, common, downloads, render, views
+from dashboard import cache, common, downloads, views
 
 st.title("Leaderboard")
 st.caption("Accuracy alone cannot tell a model that reads the lungs from one that reads a text marker. "
@@ -25,8 +24,6 @@ st.download_button("Replication report (HTML)", key="lb_report", icon=":material
 summary = cache.query("summary")
 class_metrics = cache.query("class_metrics")
 focus = cache.query("lung_focus_by_run")
-probes = cache.query("probe_results")
-sanity = cache.query("cam_sanity")
 methods = sorted(focus["method"].unique()) if not focus.empty else []
 all_datasets = sorted(summary["dataset"].unique())
 
@@ -50,26 +47,16 @@ by_group = views.several_seeds(groups) and st.toggle(
          "mean of the per-seed 95% CI bounds, not a CI of the mean.")
 
 base = cache.baselines(chosen)
-board = views.leaderboard(summary[summary.dataset.isin(chosen)], class_metrics, focus, probes,
-                          method if methods else None, class_choice, {d: v for d, (v, _) in base.items()},
-                          sanity=sanity)
-run_ids = set(board.run_id) if not board.empty else set()
-if by_group and not board.empty:
-    board = views.seed_board(board, groups)
-board = views.sort_board(board, sort_label)
+baseline_values = {d: v for d, (v, _) in base.items()}
+view = cache.leaderboard(chosen, method if methods else None, class_choice, bool(by_group), sort_label,
+                         baseline_values)
+board, table = view.board, view.table
 common.stale_notice()
 
 if board.empty:
     st.info("No runs for the chosen datasets.")
     st.stop()
 
-table = board.assign(
-    accuracy_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.accuracy_ci_low, board.accuracy_ci_high)],
-    sensitivity_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.sensitivity_ci_low, board.sensitivity_ci_high)],
-    specificity_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.specificity_ci_low, board.specificity_ci_high)],
-    auc_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.auc_ci_low, board.auc_ci_high)],
-    source_auc_ci=[views.ci_text(lo, hi) for lo, hi in zip(board.source_auc_ci_low, board.source_auc_ci_high)],
-)
 num = st.column_config.NumberColumn
 seed_cols = ["n_seeds"] if by_group else []
 sd_help = "SD over the group's seeds (sample SD; blank with one seed)"
@@ -157,8 +144,7 @@ focus_col = st.radio("Lung-focus measure", ["lung_mass", "pointing_game"], horiz
                      format_func=lambda c: "lung mass" if c == "lung_mass" else "pointing game",
                      persist_state="session")
 if board[focus_col].notna().any():
-    st.plotly_chart(render.accuracy_focus_scatter(board, {d: v for d, (v, _) in base.items()}, focus_col),
-                    key="lb_scatter")
+    st.plotly_chart(cache.leaderboard_scatter(board, baseline_values, focus_col), key="lb_scatter")
 else:
     st.info("No CAMs with lung-focus measures are stored for this method yet; "
             "runs with `--cam-methods gradcam` add them.")
@@ -173,8 +159,7 @@ st.subheader("Shortcut probes")
 st.caption("lungs_removed: test images with the lungs blanked out; lungs_only: everything but the lungs "
            "blanked out; external:<dataset>: the model applied to another dataset. A model that keeps its "
            "accuracy without the lungs, or loses it on another hospital's images, learned a shortcut.")
-probe_rows = views.probe_table(probes[probes.run_id.isin(run_ids)] if not probes.empty else probes,
-                               summary)
+probe_rows = view.probes
 if probe_rows.empty:
     st.info("No probe results stored yet.")
 else:
@@ -193,8 +178,7 @@ st.caption("Source probe (Zech et al. 2018): a logistic regression fitted on the
            "CAM sanity check (Adebayo et al. 2018): each method's maps of the trained model against the same "
            "architecture with all weights re-initialised; a high rank correlation (flagged) means the maps barely "
            "depend on what the model learned.")
-src_rows = evidence.source_table(probes[probes.run_id.isin(run_ids)] if not probes.empty else probes)
-sanity_rows = evidence.sanity_table(sanity[sanity.run_id.isin(run_ids)] if not sanity.empty else sanity)
+src_rows, sanity_rows = view.sources, view.sanity
 if src_rows.empty and sanity_rows.empty:
     st.info("No source probe or CAM sanity check stored for these runs.")
 if not src_rows.empty:
@@ -209,7 +193,7 @@ if not sanity_rows.empty:
     downloads.table_buttons(sanity_rows, "cam-sanity", "lb_sanity")
 
 with st.expander("Cost per phase (wall seconds per run)"):
-    costs = views.phase_costs(details[details.run_id.isin(run_ids)])
+    costs = view.costs
     if costs.empty:
         st.info("No runs for the chosen datasets.")
     else:
