@@ -44,12 +44,27 @@ def streamlit_command(args: argparse.Namespace) -> list[str]:
            # websocket unless CORS is on too (its config warns), so both are set, whatever a
            # config file says
            "--server.enableXsrfProtection", "true", "--server.enableCORS", "true",
-           "--browser.gatherUsageStats", "false", "--", "--db", str(db)]
+           "--browser.gatherUsageStats", "false",
+           # no full gc.collect after every script run (.streamlit/config.toml says why)
+           "--runner.postScriptGC", "false", "--", "--db", str(db)]
     checkpoints = paths.checkpoints_dir(args.checkpoints)
     cmd += ["--checkpoints", str(Path(checkpoints).resolve())]  # relative to the caller, not the repo
     if args.segmenter:
         cmd += ["--segmenter", str(Path(args.segmenter).resolve())]
     return cmd
+
+
+#: torch threads per operation in the server, unless $OMP_NUM_THREADS says otherwise. Sessions are
+#: threads, and with several live CAMs at once one thread each beats two that spin against each
+#: other: 10 sessions on 2 cores, live CAM p50 3.3 s -> 2.7 s (bench/RESULTS.md, dashboard load).
+SERVER_TORCH_THREADS = 1
+
+
+def server_environment(environ) -> dict[str, str]:
+    """The environment the server runs with: the caller's, with SERVER_TORCH_THREADS as default."""
+    env = dict(environ)
+    env.setdefault("OMP_NUM_THREADS", str(SERVER_TORCH_THREADS))
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(SERVE_FROM)
     # exec, not a child process: Ctrl+C, SIGTERM and exit codes reach streamlit itself, and no
     # orphaned server is left behind when whoever started us stops us.
-    os.execv(sys.executable, cmd)
+    os.execve(sys.executable, cmd, server_environment(os.environ))
     return 0  # not reached
 
 

@@ -7,9 +7,10 @@ requirements.txt does), whatever folder streamlit was started in.
 """
 import streamlit as st
 
-from dashboard import common
+from dashboard import common, live
 
 st.set_page_config(page_title="CXR shortcut audit", page_icon=":material/radiology:", layout="wide")
+live.warm_up()  # torch and the model zoo load in the background while the first page draws
 
 PAGES = [
     st.Page("pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),

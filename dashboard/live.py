@@ -7,7 +7,9 @@ name, id) can reach the page.
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -18,6 +20,34 @@ from benchmark.errors import BenchmarkError, ImageRejected
 from dashboard.images import fit_within
 
 log = logging.getLogger(__name__)
+
+#: What a live CAM imports (torch and the model zoo: ~5 s of CPU on the 2-core box), loaded in the
+#: background when the server's first session starts, so the first upload does not wait for it
+#: and no session's rerun holds the import lock for seconds while others queue behind it.
+WARM_MODULES = ("torch", "benchmark.training.checkpoints", "benchmark.models", "benchmark.cams.methods",
+                "benchmark.audit.cam_rows", "benchmark.lungseg")
+_warm_lock = threading.Lock()
+_warm_thread: threading.Thread | None = None
+
+
+def _import_all() -> None:
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a broken install shows up where the module is used, with its page
+            log.exception("warm-up import of %s failed", name)
+            return
+
+
+def warm_up() -> threading.Thread:
+    """Start importing WARM_MODULES in a daemon thread, once per process; returns that thread."""
+    global _warm_thread
+    with _warm_lock:
+        if _warm_thread is None:
+            _warm_thread = threading.Thread(target=_import_all, name="live-cam-warm-up", daemon=True)
+            _warm_thread.start()
+        return _warm_thread
+
 
 #: The working copy of an upload: masks and overlays are computed at this size (longest side).
 WORK_SIDE = 512

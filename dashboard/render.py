@@ -7,6 +7,7 @@ library, benchmark/report/figures.py).
 from __future__ import annotations
 
 import functools
+import io
 import math
 
 import numpy as np
@@ -44,10 +45,9 @@ def resize_map(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     xs = np.clip((np.arange(W) + 0.5) * w / W - 0.5, 0, w - 1)
     y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
     y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
-    wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
-    top = cam[y0][:, x0] * (1 - wx) + cam[y0][:, x1] * wx
-    bottom = cam[y1][:, x0] * (1 - wx) + cam[y1][:, x1] * wx
-    return top * (1 - wy) + bottom * wy
+    wy, wx = (ys - y0).astype(np.float32)[:, None], (xs - x0).astype(np.float32)[None, :]
+    rows = cam[:, x0] * (1 - wx) + cam[:, x1] * wx  # h x W: bilinear is separable, so the
+    return rows[y0] * (1 - wy) + rows[y1] * wy      # full-size work is one blend of two row gathers
 
 
 def contour(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
@@ -88,6 +88,25 @@ def overlay(image: np.ndarray, cam: np.ndarray | None = None, *, opacity: float 
     if lung_mask is not None and lung_mask.shape == out.shape[:2] and lung_mask.any():
         out[contour(lung_mask, thickness=max(1, round(max(lung_mask.shape) / 200)))] = CONTOUR_RGB
     return out
+
+
+#: Pictures go to the browser as JPEG at this quality. A 512 px overlay encodes in ~1-3 ms, against
+#: ~75 ms as PNG (zlib), and streamlit decodes a PNG it was handed again to check its size: ten
+#: sessions on two cores felt both (bench/RESULTS.md, dashboard load). What is encoded is already a
+#: display copy (8-bit, resized, tinted); stored images and maps are never re-encoded.
+DISPLAY_JPEG_QUALITY = 90
+
+
+def picture(image: np.ndarray) -> bytes:
+    """JPEG bytes of a display image (H x W gray or H x W x 3 RGB, uint8) for st.image."""
+    from PIL import Image
+
+    array = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    if array.ndim == 3 and array.shape[2] != 3:
+        array = to_rgb(array[..., 0] if array.shape[2] == 1 else array)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=DISPLAY_JPEG_QUALITY)
+    return buf.getvalue()
 
 
 def dataset_colours(datasets) -> dict[str, str]:

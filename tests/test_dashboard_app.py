@@ -1,12 +1,14 @@
 """The dashboard's shell: settings resolution, the `python -m dashboard` launcher, the sidebar."""
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from dashboard import __main__ as launcher
 from dashboard.settings import DashboardSettings, resolve_settings
+from tests.conftest import REPO
 from tests.fixtures_db import FakeResultsSpec, build_results_db, open_page
 
 
@@ -40,6 +42,16 @@ def test_launcher_builds_the_streamlit_command(tmp_path, monkeypatch):
     after = cmd[cmd.index("--") + 1:]
     assert after[after.index("--db") + 1] == str(tmp_path / "r.duckdb")  # relative to the caller
     assert after[after.index("--checkpoints") + 1] == str(tmp_path / "checkpoints")
+
+
+def test_launcher_serves_without_per_run_gc_and_with_one_torch_thread_by_default():
+    cmd = launcher.streamlit_command(launcher.build_parser().parse_args([]))
+    assert cmd[cmd.index("--runner.postScriptGC") + 1] == "false"
+    assert launcher.server_environment({})["OMP_NUM_THREADS"] == "1"
+    assert launcher.server_environment({"OMP_NUM_THREADS": "4", "HOME": "/h"}) == {"OMP_NUM_THREADS": "4",
+                                                                                  "HOME": "/h"}
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["postScriptGC"] is False  # `streamlit run` from the repository too
 
 
 @pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min

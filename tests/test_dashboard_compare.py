@@ -116,6 +116,25 @@ def test_overlay_survives_constant_and_nan_maps():
         assert np.array_equal(out, render.to_rgb(image))
 
 
+def test_pictures_go_out_as_jpeg_close_to_the_overlay():
+    """st.image gets JPEG bytes: same size, colours within JPEG's error, gray and RGBA accepted."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = (np.linspace(0, 255, 120)[None, :] * np.ones((90, 1))).astype(np.uint8)
+    cam = rng.random((7, 7)).astype(np.float32)
+    shown = render.overlay(image, cam, opacity=0.6)
+    for array, mode in ((shown, "RGB"), (image, "L"), (np.dstack([shown, np.full((90, 120), 255, np.uint8)]), "RGB")):
+        data = render.picture(array)
+        with Image.open(io.BytesIO(data)) as back:
+            assert back.format == "JPEG" and back.size == (120, 90) and back.mode == mode
+            decoded = np.asarray(back, dtype=np.int16)
+        expected = array[..., :3] if array.ndim == 3 else array
+        assert np.abs(decoded - expected).mean() < 3
+
+
 def test_contour_is_the_mask_boundary():
     mask = np.zeros((10, 10), bool)
     mask[2:8, 2:8] = True

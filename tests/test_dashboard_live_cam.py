@@ -203,3 +203,31 @@ def test_size_limit_in_code_and_in_server_config(real_xray):
     assert live.decode_upload(data, len(data)).dtype == np.uint8
     config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     assert config["server"]["maxUploadSize"] == settings.MAX_UPLOAD_MB
+
+
+def test_warm_up_imports_the_live_cam_modules_once_per_process():
+    import sys
+
+    from dashboard import live
+
+    first = live.warm_up()
+    assert live.warm_up() is first  # every session's app run asks; one thread does it
+    first.join(timeout=120)
+    assert not first.is_alive()
+    assert all(name in sys.modules for name in live.WARM_MODULES)
+
+
+@pytest.mark.slow  # three reruns
+def test_checkpoint_list_is_read_again_when_a_checkpoint_appears_or_goes(tmp_path, monkeypatch):
+    ckpts = tmp_path / "checkpoints"
+    make_checkpoint(ckpts, input_size=48, seed=0)
+    monkeypatch.setenv("CXR_RESULTS_DB", str(build_results_db(tmp_path / "db")))
+    monkeypatch.setenv("CXR_CHECKPOINTS", str(ckpts))
+    at = open_page(PAGE)
+    assert len(at.multiselect(key="live_models").options) == 1
+    second = make_checkpoint(ckpts, input_size=48, seed=1, dataset="phantom-clean")
+    at.run()
+    assert len(at.multiselect(key="live_models").options) == 2
+    Path(second).unlink()
+    at.run()
+    assert len(at.multiselect(key="live_models").options) == 1

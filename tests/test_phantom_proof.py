@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow  # trains resnet18 for minutes
 FINE = "hirescam@stride16"
 # Sizes: the shortcut is learnt at once; the lung patterns need enough pixels and images.
 SHORTCUT = {"n": 360, "size": 128, "epochs": 6}
-CLEAN = {"n": 600, "size": 224, "epochs": 8}
+# 192 px, not the bench's 224: 27% fewer pixels for the suite's longest test, the same outcome
+# (2026-11-29: lung_mass 0.660 vs 0.653 at 224, lungs-removed 0.326 both, ceiling 0.837; 160 px gave 0.631)
+CLEAN = {"n": 600, "size": 192, "epochs": 8}
 
 
 def _run(tmp_path, preset: str, *, n: int, size: int, epochs: int) -> dict:
@@ -62,5 +64,5 @@ def test_clean_model_looks_at_the_lungs_and_falls_to_chance_without_them(tmp_pat
     assert probes["intact"] >= 0.9
     assert probes["lungs_removed"] <= 0.45  # chance is 1/3
     assert lung_mass > 0.6
-    assert ceiling > 0.8                    # a stride-16 map at 224 px can score high (0.857 measured)
+    assert ceiling > 0.8                    # a stride-16 map (12 x 12 at 192 px) can score high (0.837 measured)
     assert marker_mass is None              # phantom-clean has no marker to measure against

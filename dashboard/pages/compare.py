@@ -130,8 +130,8 @@ with left:
         st.warning("The image file is not on this machine (set $CXR_DATA to the data pack).")
     else:
         xray = render.overlay(picture, None, lung_mask=mask if show_contour else None)
-        st.image(xray, caption="X-ray" + (" with lung contour" if mask is not None and show_contour else ""),
-                 width="stretch", output_format="PNG")
+        st.image(render.picture(xray), width="stretch",
+                 caption="X-ray" + (" with lung contour" if mask is not None and show_contour else ""))
         tiles.append((f"true class: {row['label']}", xray, [" · ".join(facts)[:60], image_id[-40:]]))
         if mask is None:
             st.caption("No lung mask for this image.")
@@ -149,7 +149,7 @@ with right:
                 if picture is not None:
                     shown = render.overlay(picture, cam, opacity=opacity, colormap=colormap,
                                            lung_mask=mask if show_contour else None)
-                    st.image(shown, width="stretch", output_format="PNG")
+                    st.image(render.picture(shown), width="stretch")
                 verdict = ":green[correct]" if p.pred == p.label else ":red[wrong]"
                 st.markdown(f"pred **{p.pred}** ({p.confidence:.2f}) {verdict}")
                 if cam_row is None:

@@ -11,7 +11,6 @@ from pathlib import Path
 import streamlit as st
 
 from benchmark.errors import ImageRejected
-from benchmark.training.checkpoints import list_checkpoints
 from dashboard import cache, common, live, render, views
 
 log = logging.getLogger(__name__)
@@ -24,7 +23,7 @@ st.caption("Upload a chest X-ray (PNG, JPEG or DICOM). Every chosen model predic
            "header field (patient name, id) is read into the page.")
 
 cfg = cache.settings()
-checkpoints = views.rank_checkpoints(list_checkpoints(cfg.checkpoints_dir)) if cfg.checkpoints_dir.is_dir() else []
+checkpoints = cache.checkpoints(cfg.checkpoints_dir)
 by_path = {c["path"]: c for c in checkpoints}
 
 from benchmark.cams import DEFAULT_CAM_METHODS  # noqa: E402
@@ -84,10 +83,9 @@ share = float(mask.mean()) if mask is not None and mask.any() else None
 
 left, right = st.columns([1, 3.2])
 with left:
-    st.image(render.overlay(image, None, lung_mask=mask if show_contour else None), width="stretch",
-             caption=f"upload, {image.shape[1]} x {image.shape[0]} px as read" + (
-                 " (green: predicted lungs)" if mask is not None and mask.any() and show_contour else ""),
-             output_format="PNG")
+    st.image(render.picture(render.overlay(image, None, lung_mask=mask if show_contour else None)),
+             width="stretch", caption=f"upload, {image.shape[1]} x {image.shape[0]} px as read" + (
+                 " (green: predicted lungs)" if mask is not None and mask.any() and show_contour else ""))
     if segmenter is None:
         st.info(segmenter_note)
     elif share is None:
@@ -130,9 +128,9 @@ with right:
                 if res.error:
                     st.warning(res.error)
                     continue
-                st.image(render.overlay(image, res.cam, opacity=opacity, colormap=colormap,
-                                        lung_mask=mask if show_contour else None),
-                         width="stretch", output_format="PNG")
+                st.image(render.picture(render.overlay(image, res.cam, opacity=opacity, colormap=colormap,
+                                                       lung_mask=mask if show_contour else None)),
+                         width="stretch")
                 st.markdown(f"pred **{res.pred}** ({res.confidence:.2f})")
                 st.plotly_chart(render.probability_bars(list(res.classes), res.probs, res.pred),
                                 key=f"live_probs_{start + offset}", config={"displayModeBar": False})

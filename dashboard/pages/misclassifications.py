@@ -114,8 +114,8 @@ for start in range(0, len(shown), PER_ROW):
             else:
                 mask = cache.display_mask(r.mask_path, picture.shape) if show_contour else None
                 cam = views.cam_from_row(cam_row._asdict()) if cam_row is not None else None
-                st.image(render.overlay(picture, cam, opacity=opacity, colormap=colormap, lung_mask=mask),
-                         width="stretch", output_format="PNG")
+                st.image(render.picture(render.overlay(picture, cam, opacity=opacity, colormap=colormap,
+                                                       lung_mask=mask)), width="stretch")
             mass = f" · lung {r.lung_mass:.2f}" if pd.notna(r.lung_mass) else ""
             st.markdown(f"**{r.model}** · {r.label} → :red[{r.pred}] ({r.confidence:.2f}){mass}"
                         if r.pred != r.label else
