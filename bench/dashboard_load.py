@@ -214,7 +214,7 @@ def free_port() -> int:
 def start_server(db: Path, checkpoints: Path, port: int, log_file: Path) -> subprocess.Popen:
     from dashboard.__main__ import server_environment  # as `python -m dashboard` starts it
 
-    env = {**server_environment(os.environ), "CXR_RESULTS_DB": str(db), "CXR_CHECKPOINTS": str(checkpoints)}
+    env = {**server_environment(), "CXR_RESULTS_DB": str(db), "CXR_CHECKPOINTS": str(checkpoints)}
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--runner.postScriptGC", "false"]

@@ -106,6 +106,19 @@ def segmenter_stem(explicit: str | os.PathLike | None = None, environ: Environ =
     return choose_segmenter(setting(explicit, ENV_SEGMENTER, environ), checkpoints_dir(None, environ))
 
 
+def project_environment(environ: Environ = None) -> tuple[tuple[str, str], ...]:
+    """Every CXR_* variable with its value, sorted: what settings resolved from them depend on."""
+    environ = os.environ if environ is None else environ
+    return tuple(sorted((k, v) for k, v in environ.items() if k.startswith("CXR_")))
+
+
+def environment_with_default(name: str, value: str, environ: Environ = None) -> dict[str, str]:
+    """A copy of the environment (for a child process) with `name` set to `value` unless it is set."""
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault(name, value)
+    return env
+
+
 def offline(environ: Environ = None) -> bool:
     """True when $CXR_OFFLINE forbids downloads: --pretrained then uses files already here only."""
     value = setting(None, ENV_OFFLINE, environ)

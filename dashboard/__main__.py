@@ -55,16 +55,16 @@ def streamlit_command(args: argparse.Namespace) -> list[str]:
 
 
 #: torch threads per operation in the server, unless $OMP_NUM_THREADS says otherwise. Sessions are
-#: threads, and with several live CAMs at once one thread each beats two that spin against each
-#: other: 10 sessions on 2 cores, live CAM p50 3.3 s -> 2.7 s (bench/RESULTS.md, dashboard load).
+#: threads, and with several live CAMs at once, two threads per op spin against each other: 10
+#: sessions on 2 cores, live CAM p50 3.3 s with torch's default (2), 2.7 and 3.0 s in two runs
+#: with 1 (bench/RESULTS.md, dashboard load; a small gain, within about twice the run-to-run spread).
 SERVER_TORCH_THREADS = 1
 
 
-def server_environment(environ) -> dict[str, str]:
-    """The environment the server runs with: the caller's, with SERVER_TORCH_THREADS as default."""
-    env = dict(environ)
-    env.setdefault("OMP_NUM_THREADS", str(SERVER_TORCH_THREADS))
-    return env
+def server_environment(environ=None) -> dict[str, str]:
+    """The environment the server runs with: the caller's (default this process's), with
+    SERVER_TORCH_THREADS as the default of $OMP_NUM_THREADS."""
+    return paths.environment_with_default("OMP_NUM_THREADS", str(SERVER_TORCH_THREADS), environ)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(SERVE_FROM)
     # exec, not a child process: Ctrl+C, SIGTERM and exit codes reach streamlit itself, and no
     # orphaned server is left behind when whoever started us stops us.
-    os.execve(sys.executable, cmd, server_environment(os.environ))
+    os.execve(sys.executable, cmd, server_environment())
     return 0  # not reached
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 import streamlit as st
 
+from benchmark import paths
 from benchmark.store import queries, reader
 from benchmark.store.connection import is_lock_error
 from dashboard import images, render, views
@@ -44,8 +45,7 @@ def settings() -> DashboardSettings:
     """The settings for the current arguments and environment (tests change the environment
     between apps). Resolved once per distinct (argv, CXR_* variables): building the argument
     parser on every query was 4% of the server's CPU under 10 sessions."""
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("CXR_")))
-    return _settings(tuple(sys.argv[1:]), env, os.getcwd())  # relative paths read against the cwd
+    return _settings(tuple(sys.argv[1:]), paths.project_environment(), os.getcwd())  # relative paths: the cwd
 
 
 @functools.lru_cache(maxsize=32)
