@@ -124,7 +124,7 @@ def test_killed_run_leaves_no_rows_and_rerun_completes(tmp_path, cache_env):
     """Kill the CLI while the second model trains: the first run is stored whole, the second not at all."""
     db = tmp_path / "r.duckdb"
     args = [sys.executable, "-m", "benchmark", "run", "--data", "phantom", "--models", "shallow,resnet18",
-            "--db", str(db), "--checkpoint-dir", str(tmp_path / "ckpt"), "--epochs", "30", "--patience", "30",
+            "--db", str(db), "--checkpoint-dir", str(tmp_path / "ckpt"), "--epochs", "12", "--patience", "12",
             "--image-size", "64", "--device", "cpu", "--no-progress", "--n-phantom", "45"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -145,7 +145,7 @@ def test_killed_run_leaves_no_rows_and_rerun_completes(tmp_path, cache_env):
         runs = queries.runs(con)
     assert runs.model.tolist() == ["shallow"] and runs.status.tolist() == ["done"]
     killed_id = JobSpec(model="resnet18", data=DataConfig(image_size=64, n_phantom=45),
-                        train=TrainConfig(epochs=30, patience=30)).run_id
+                        train=TrainConfig(epochs=12, patience=12)).run_id
     assert _tables(db, killed_id) == {"runs": 0, "predictions": 0, "metrics": 0}
     # rerun with fewer epochs to keep it short: a different run id, so check the same command instead
     rc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
