@@ -272,7 +272,6 @@ def performance(run_ids: tuple[str, ...], n_bins: int):
     return _performance(str(cfg.db_path), db_stamp(cfg.db_path), tuple(run_ids), n_bins, preds, details)
 
 
-
 @st.cache_data(ttl=QUERY_TTL_S, max_entries=256, show_spinner=False)
 def _leaderboard(db: str, stamp: tuple | None, choices: tuple, _frames: dict) -> views.LeaderboardView:
     datasets, method, class_choice, by_group, sort_label, baselines = choices
@@ -307,5 +306,9 @@ def leaderboard_scatter(board, baselines: dict[str, float | None], focus: str):
     update it. Keyed by a hash of the board's content (a few ms), not by the widgets that made it."""
     import pandas as pd
 
-    fingerprint = (tuple(board.columns), tuple(pd.util.hash_pandas_object(board, index=False).tolist()))
+    try:
+        rows = tuple(pd.util.hash_pandas_object(board, index=False).tolist())
+    except TypeError:  # a cell pandas cannot hash (a list): hash its text instead
+        rows = (board.to_csv(index=False),)
+    fingerprint = (tuple(board.columns), rows)
     return _leaderboard_scatter(fingerprint, focus, tuple(sorted(baselines.items())), board)

@@ -322,3 +322,17 @@ def test_scatter_figure_is_shared_between_sessions_and_never_changed(tmp_path, m
     assert pio.to_json(figures[0], validate=False) == built_json
     at.radio(key="lb_focus").set_value("pointing_game").run()
     assert len(figures) == 2  # another measure: another figure
+
+
+def test_scatter_cache_takes_a_board_with_unhashable_cells():
+    import pandas as pd
+
+    from dashboard import cache
+
+    board = pd.DataFrame({"dataset": ["d1", "d1"], "model": ["a", "b"], "accuracy": [0.9, 0.8],
+                          "accuracy_ci_low": [0.85, 0.7], "accuracy_ci_high": [0.95, 0.9],
+                          "lung_mass": [0.3, 0.6], "seeds": [[0, 1], [2]]})
+    first = cache.leaderboard_scatter(board, {"d1": 0.35}, "lung_mass")
+    assert cache.leaderboard_scatter(board.copy(), {"d1": 0.35}, "lung_mass") is first
+    changed = board.assign(seeds=[[0], [2]])
+    assert cache.leaderboard_scatter(changed, {"d1": 0.35}, "lung_mass") is not first
