@@ -13,11 +13,15 @@ PNGs and dataframes the page refers to (media URLs); nothing is cached on the cl
 uploads a PNG through the upload endpoint (PUT, as the browser's uploader does) and reruns with the
 uploader's widget state, so the model runs on the server.
 
+By default the sessions meet a freshly started server (its first visits import torch and the
+model zoo, load the model and fill the caches while the others wait); `--warm-server` first
+visits every view once from one session, to measure a server that has served before.
 Every session visits leaderboard, compare, misclassifications and live CAM in its own order,
 `--rounds` times; the first visit of a view in a session is its "cold" visit for that session
 (server caches may already be warm from other sessions). Reported: p50/p95 seconds per view over all
 visits, the p95 of the rounds after the first (the server's imports and caches warm), the slowest
-visit, and the server's peak RSS (VmHWM of the server process, from /proc).
+visit, the server's peak RSS (VmHWM of the server process, from /proc), and the CPU seconds the
+server and this client used during the run (they share the machine's cores).
 Goal (issue 10): p95 <= 2 s with 10 sessions on 2 cores; memory bounded.
 Prints one JSON object; the lead copies the numbers (with machine and date) into bench/RESULTS.md.
 """
@@ -45,7 +49,6 @@ from PIL import Image
 from websockets.sync.client import connect
 
 from bench.dashboard_views import cpu_name
-from tests.conftest import REPO
 
 VIEWS = ("leaderboard", "compare", "misclassifications", "live_cam")
 
@@ -166,7 +169,36 @@ def upload_png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def drive(base: str, index: int, rounds: int, timings: dict, failures: list, start: threading.Barrier) -> None:
+def visit_view(s: Session, view: str, upload: bytes, upload_name: str) -> float:
+    """One user's visit of `view`; seconds it took. The live CAM visit uploads `upload` and counts
+    from the upload request to the page finished with the model's answer."""
+    if view != "live_cam":
+        return s.visit(view)
+    s.visit("live_cam")  # draws the uploader (its widget id is needed for the upload)
+    t0 = time.perf_counter()
+    state = s.upload(upload_name, upload)
+    s.visit("live_cam", [state])
+    return time.perf_counter() - t0  # the upload's PUT is part of what the user waits for
+
+
+def warm_server(base: str) -> float:
+    """One session visits every view once (a live CAM included), so the server's imports, model
+    and segmenter loads and query caches are done before the timed sessions start; seconds taken."""
+    t = time.perf_counter()
+    s = Session(base, "warm-up")
+    try:
+        s.visit("")
+        for view in VIEWS:
+            visit_view(s, view, upload_png(10**6), "warm-up.png")
+        if s.errors:
+            raise RuntimeError(f"warm-up visit raised on a page: {s.errors[:3]}")
+    finally:
+        s.close()
+    return time.perf_counter() - t
+
+
+def drive(base: str, index: int, rounds: int, timings: dict, failures: list, start: threading.Barrier,
+          think_s: float = 0.0) -> None:
     name = f"session-{index}"
     try:
         s = Session(base, name)
@@ -174,6 +206,9 @@ def drive(base: str, index: int, rounds: int, timings: dict, failures: list, sta
         failures.append(f"{name}: could not connect: {exc!r}")
         return
     rng = random.Random(index)
+    # the user's files exist before they upload them: made before the timed part starts, so the
+    # client's PNG synthesis does not take CPU from the server (client and server share the box)
+    uploads = [upload_png(index * 100 + r) for r in range(rounds)]
     try:
         s.visit("")  # the app's first run: navigation, sidebar (not timed: a browser's initial load)
         start.wait()
@@ -181,24 +216,21 @@ def drive(base: str, index: int, rounds: int, timings: dict, failures: list, sta
             order = list(VIEWS)
             rng.shuffle(order)
             for view in order:
-                if view == "leaderboard":
-                    t = s.visit("leaderboard")
-                elif view == "live_cam":
-                    s.visit("live_cam")  # draws the uploader (its widget id is needed for the upload)
-                    data = upload_png(index * 100 + r)  # the user's file exists before they upload it
-                    t0 = time.perf_counter()
-                    state = s.upload(f"xray-{index}-{r}.png", data)
-                    s.visit("live_cam", [state])
-                    t = time.perf_counter() - t0  # the upload's PUT is part of what the user waits for
-                else:
-                    t = s.visit(view)
-                timings[view].append((name, r, t))
+                timings[view].append((name, r, visit_view(s, view, uploads[r], f"xray-{index}-{r}.png")))
+                if think_s:  # the user reads the page before the next click (0.5-1.5 x think_s)
+                    time.sleep(think_s * rng.uniform(0.5, 1.5))
         if s.errors:
             failures.append(f"{name}: exceptions on a page: {s.errors[:3]}")
     except Exception as exc:  # noqa: BLE001
         failures.append(f"{name}: {exc!r}")
     finally:
         s.close()
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by process `pid` (None: this one), from /proc."""
+    fields = Path(f"/proc/{pid or os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -212,13 +244,16 @@ def free_port() -> int:
 
 
 def start_server(db: Path, checkpoints: Path, port: int, log_file: Path) -> subprocess.Popen:
-    from dashboard.__main__ import server_environment  # as `python -m dashboard` starts it
+    """The server exactly as `python -m dashboard` starts it (its command, environment and folder),
+    on 127.0.0.1:`port`, with streamlit's file watcher off (nothing is edited during a run)."""
+    from dashboard.__main__ import SERVE_FROM, build_parser, server_environment, streamlit_command
 
-    env = {**server_environment(), "CXR_RESULTS_DB": str(db), "CXR_CHECKPOINTS": str(checkpoints)}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--runner.postScriptGC", "false"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file.open("w"), stderr=subprocess.STDOUT)
+    cmd = streamlit_command(build_parser().parse_args(["--db", str(db), "--checkpoints", str(checkpoints),
+                                                       "--port", str(port), "--host", "127.0.0.1"]))
+    app_args = cmd.index("--")
+    cmd[app_args:app_args] = ["--server.fileWatcherType", "none"]
+    proc = subprocess.Popen(cmd, cwd=SERVE_FROM, env=server_environment(), stdout=log_file.open("w"),
+                            stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -251,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", type=Path, default=None, help="use this results DB (built there if missing)")
     ap.add_argument("--checkpoints", type=Path, default=None,
                     help="classifier checkpoints for live CAM (default: one untrained resnet18 made here)")
+    ap.add_argument("--warm-server", action="store_true",
+                    help="before timing, visit every view once from one session: measures a server that has "
+                         "served before (imports, model and caches loaded) instead of a freshly started one")
+    ap.add_argument("--think-s", type=float, default=0.0,
+                    help="mean seconds a user spends on a page before the next click (default 0: every "
+                         "session clicks again as soon as a page is done, the heaviest load N sessions can make)")
     ap.add_argument("--url", default=None, help="attach to a running server instead of starting one")
     ap.add_argument("--server-pid", type=int, default=None, help="with --url: the server's pid (for its memory)")
     args = ap.parse_args(argv)
@@ -275,18 +316,24 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             server = start_server(db, checkpoints, port, work / "server.log")
             base, pid = f"http://127.0.0.1:{port}", server.pid
+        warm_s = round(warm_server(base), 1) if args.warm_server else None
         rss_start = peak_rss_mb(pid) if pid else {}
         timings: dict[str, list] = {v: [] for v in VIEWS}
         failures: list[str] = []
         start = threading.Barrier(args.sessions)
-        threads = [threading.Thread(target=drive, args=(base, i, args.rounds, timings, failures, start), daemon=True)
+        threads = [threading.Thread(target=drive, args=(base, i, args.rounds, timings, failures, start, args.think_s),
+                                    daemon=True)
                    for i in range(args.sessions)]
         t = time.perf_counter()
+        cpu_start = {"client": cpu_seconds(), "server": cpu_seconds(pid) if pid else None}
         for th in threads:
             th.start()
         for th in threads:
             th.join()
         wall = time.perf_counter() - t
+        # where the box's CPU went during the run (connects and first page loads included)
+        cpu = {"client_s": round(cpu_seconds() - cpu_start["client"], 1),
+               "server_s": round(cpu_seconds(pid) - cpu_start["server"], 1) if pid else None}
         rss = peak_rss_mb(pid) if pid else {}
         n_cams = None
         if db.exists() and server is not None:
@@ -307,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                            "later_rounds_p95_s": round(percentile([s for _, r, s in rows if r > 0], 95), 3)}
         result = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d %H:%M"),
                   "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-                  "sessions": args.sessions, "rounds": args.rounds, "db_cam_rows": n_cams, "db_build_s": built_s,
-                  "wall_s": round(wall, 1), "views": views,
+                  "sessions": args.sessions, "rounds": args.rounds, "warm_server_s": warm_s,
+                  "think_s": args.think_s, "db_cam_rows": n_cams, "db_build_s": built_s,
+                  "wall_s": round(wall, 1), "cpu_during_run": cpu, "views": views,
                   "server_memory_mb": {"at_start": rss_start, "at_end": rss},
                   "goal": "p95 <= 2 s per view with 10 sessions on 2 cores",
                   "failures": failures}

@@ -2,7 +2,8 @@
 
 It listens on localhost unless `--host` says otherwise, with XSRF protection and CORS limits on.
 
-A thin launcher around `streamlit run dashboard/app.py -- --db PATH`: it resolves paths against
+A thin launcher around `streamlit run dashboard/app.py -- --db PATH` (through dashboard/serve.py,
+which starts the live-CAM imports before the server waits for visitors): it resolves paths against
 the caller's directory, then replaces itself with streamlit running in the folder that holds the
 package (in a source checkout the repository root, so .streamlit/config.toml applies), passing
 the upload limit explicitly. A missing database is
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def streamlit_command(args: argparse.Namespace) -> list[str]:
     """The `streamlit run` command line this launcher executes (tested without starting it)."""
     db = paths.results_db(args.db).resolve()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP),
+    cmd = [sys.executable, "-m", "dashboard.serve", "run", str(APP),  # streamlit run, imports started first
            "--server.port", str(args.port), "--server.address", args.address,
            "--server.headless", "true", "--server.maxUploadSize", str(MAX_UPLOAD_MB),
            # XSRF protection on, and CORS limited: streamlit's XSRF check does not guard the

@@ -127,6 +127,7 @@ def clear() -> None:
     _leaderboard.clear()
     _checkpoints.clear()
     _leaderboard_scatter.clear()
+    _several_seeds.clear()
 
 
 @st.cache_data(ttl=QUERY_TTL_S, max_entries=2, show_spinner=False)
@@ -273,42 +274,47 @@ def performance(run_ids: tuple[str, ...], n_bins: int):
 
 
 @st.cache_data(ttl=QUERY_TTL_S, max_entries=256, show_spinner=False)
-def _leaderboard(db: str, stamp: tuple | None, choices: tuple, _frames: dict) -> views.LeaderboardView:
-    datasets, method, class_choice, by_group, sort_label, baselines = choices
-    return views.leaderboard_view(**_frames, datasets=datasets, method=method, class_choice=class_choice,
-                                  by_group=by_group, sort_label=sort_label, baselines=dict(baselines))
+def _leaderboard(db: str, stamp: tuple | None, choice: views.LeaderboardChoice) -> views.LeaderboardView:
+    return views.leaderboard_view(
+        summary=query("summary"), class_metrics=query("class_metrics"), focus=query("lung_focus_by_run"),
+        probes=query("probe_results"), sanity=query("cam_sanity"), details=query("run_details"),
+        datasets=choice.datasets, method=choice.method, class_choice=choice.class_choice, by_group=choice.by_group,
+        sort_label=choice.sort_label, baselines=dict(choice.baselines))
 
 
-def leaderboard(datasets, method: str | None, class_choice: str, by_group: bool, sort_label: str,
-                baselines: dict[str, float | None]) -> views.LeaderboardView:
+def leaderboard(choice: views.LeaderboardChoice) -> views.LeaderboardView:
     """views.leaderboard_view of the configured DB for these widget values, built once per DB state
     and choice: composing the board is pandas work per run (0.2-0.5 s at 20 runs) that ten sessions
-    on two cores would otherwise repeat on every rerun. Each caller gets its own copy (cache_data)."""
+    on two cores would otherwise repeat on every rerun, and its six queries are read only then.
+    Each caller gets its own copy (cache_data)."""
     cfg = settings()
-    frames = {"summary": query("summary"), "class_metrics": query("class_metrics"),
-              "focus": query("lung_focus_by_run"), "probes": query("probe_results"),
-              "sanity": query("cam_sanity"), "details": query("run_details")}
-    choices = (tuple(datasets), method, class_choice, bool(by_group), sort_label, tuple(sorted(baselines.items())))
-    return _leaderboard(str(cfg.db_path), db_stamp(cfg.db_path), choices, frames)
+    return _leaderboard(str(cfg.db_path), db_stamp(cfg.db_path), choice)
+
+
+@st.cache_data(ttl=QUERY_TTL_S, max_entries=16, show_spinner=False)
+def _several_seeds(db: str, stamp: tuple | None) -> bool:
+    return views.several_seeds(views.seed_groups(query("run_details")))
+
+
+def several_seeds() -> bool:
+    """Whether any runs of the configured DB differ only by their seed (the leaderboard then offers
+    one row per seed group); worked out once per DB state."""
+    cfg = settings()
+    return _several_seeds(str(cfg.db_path), db_stamp(cfg.db_path))
 
 
 @st.cache_resource(ttl=QUERY_TTL_S, max_entries=64, show_spinner=False)
-def _leaderboard_scatter(fingerprint: tuple, focus: str, baselines: tuple, _board):
-    return render.accuracy_focus_scatter(_board, dict(baselines), focus)
+def _leaderboard_scatter(db: str, stamp: tuple | None, choice: views.LeaderboardChoice, focus: str, _board):
+    return render.accuracy_focus_scatter(_board, dict(choice.baselines), focus)
 
 
-def leaderboard_scatter(board, baselines: dict[str, float | None], focus: str):
-    """render.accuracy_focus_scatter, one Figure per board content, baselines and focus measure.
+def leaderboard_scatter(choice: views.LeaderboardChoice, focus: str, board):
+    """render.accuracy_focus_scatter of `board` (cache.leaderboard(choice).board), one Figure per
+    (DB state, choice, focus measure).
 
     A cache_resource, so every session is handed the same Figure: building one costs ~0.1 s of
     plotly validation, and a copy (what cache_data would hand out) as much again. Safe because
     nothing mutates it: st.plotly_chart only serialises the Figure it is given, and pages must not
-    update it. Keyed by a hash of the board's content (a few ms), not by the widgets that made it."""
-    import pandas as pd
-
-    try:
-        rows = tuple(pd.util.hash_pandas_object(board, index=False).tolist())
-    except TypeError:  # a cell pandas cannot hash (a list): hash its text instead
-        rows = (board.to_csv(index=False),)
-    fingerprint = (tuple(board.columns), rows)
-    return _leaderboard_scatter(fingerprint, focus, tuple(sorted(baselines.items())), board)
+    update it."""
+    cfg = settings()
+    return _leaderboard_scatter(str(cfg.db_path), db_stamp(cfg.db_path), choice, focus, board)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -31,12 +32,15 @@ _warm_thread: threading.Thread | None = None
 
 
 def _import_all() -> None:
+    started = time.perf_counter()
     for name in WARM_MODULES:
         try:
             importlib.import_module(name)
         except Exception:  # a broken install shows up where the module is used, with its page
-            log.exception("warm-up import of %s failed", name)
+            if not sys.is_finalizing():  # a process ending mid-import (a short test run) is no fault
+                log.exception("warm-up import of %s failed", name)
             return
+    log.info("live CAM modules imported in %.1f s", time.perf_counter() - started)
 
 
 def warm_up() -> threading.Thread:
@@ -101,7 +105,8 @@ def shareable(model):
 
 def explain(model, meta: dict, image: np.ndarray, method: str, lung_mask: np.ndarray | None = None,
             *, label: str = "") -> LiveCam:
-    """Predict `image` with one checkpoint and compute `method`'s map for the predicted class.
+    """Predict `image` with one checkpoint and compute `method`'s map for the predicted class
+    (for CAM, Grad-CAM and HiResCAM, from the same forward pass).
 
     The image is squashed to the checkpoint's input size exactly as in training
     (benchmark.data.imageio.resize_image). Safe to call from many sessions at once on one
@@ -111,7 +116,7 @@ def explain(model, meta: dict, image: np.ndarray, method: str, lung_mask: np.nda
     """
     import torch
 
-    from benchmark.audit.cam_rows import method_maps
+    from benchmark.audit.cam_rows import predicted_maps
     from benchmark.cams.lungfocus import lung_focus
 
     classes = tuple(str(c) for c in meta.get("classes", []))
@@ -119,10 +124,10 @@ def explain(model, meta: dict, image: np.ndarray, method: str, lung_mask: np.nda
     try:
         size = int(meta["input_size"])
         x = torch.from_numpy(np.array(resize_image(image, size))).float().div_(255)[None, None]
-        with torch.no_grad():
-            probs = torch.softmax(model(x).float(), dim=1)[0]
+        maps, logits = predicted_maps(model, x, method)  # one forward for both (fast methods)
+        probs = torch.softmax(logits, dim=1)[0]
         pred = int(probs.argmax())
-        cam = method_maps(model, x, torch.tensor([pred]), method)[0].numpy()
+        cam = maps[0].numpy()
     except BenchmarkError as exc:
         return LiveCam(label=label, classes=classes, error=str(exc))
     except (RuntimeError, ValueError, KeyError) as exc:  # shape mismatch, bad sidecar

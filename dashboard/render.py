@@ -169,17 +169,6 @@ def _group_baselines(baselines: dict[str, float | None], colours: dict[str, str]
     return groups
 
 
-def probability_bars(classes: list[str], probs, highlight: str | None = None) -> go.Figure:
-    """A small horizontal bar chart of class probabilities (the predicted class highlighted)."""
-    probs = [float(p) for p in probs]
-    colours = ["#d62728" if c == highlight else "#8c9cb0" for c in classes]
-    fig = go.Figure(go.Bar(x=probs, y=classes, orientation="h", marker_color=colours,
-                           text=[f"{p:.2f}" for p in probs], textposition="auto"))
-    fig.update_layout(height=40 + 26 * len(classes), margin={"l": 0, "r": 0, "t": 0, "b": 0},
-                      xaxis={"range": [0, 1], "visible": False}, yaxis={"autorange": "reversed"})
-    return fig
-
-
 # ----------------------------------------------------------------------------- performance
 
 def _class_colours(classes) -> dict[str, str]:

@@ -63,6 +63,18 @@ def sort_board(board: pd.DataFrame, sort_label: str) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
+class LeaderboardChoice:
+    """The leaderboard page's widget values: all a composed board depends on besides the DB, so
+    (DB stamp, choice) keys the cached board and its scatter (dashboard/cache.py)."""
+    datasets: tuple[str, ...]
+    method: str | None
+    class_choice: str
+    by_group: bool
+    sort_label: str
+    baselines: tuple[tuple[str, float | None], ...]  # uniform-map baseline per dataset, sorted
+
+
+@dataclass(frozen=True)
 class LeaderboardView:
     """Everything the leaderboard page draws for one choice of filters (built once per DB state)."""
     board: pd.DataFrame  # sorted; one row per run, or per seed group

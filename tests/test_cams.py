@@ -15,6 +15,7 @@ from torch import nn
 from benchmark.cams import (
     CamMethodNotApplicable,
     compute_cams,
+    explain_predictions,
     faithfulness_scores,
     get_cam_method,
     list_cam_methods,
@@ -223,6 +224,32 @@ def test_targets_choose_the_class_explained():
     model, x = shallow(), images(1)
     maps = [compute_cams(model, x, torch.tensor([k]), "cam")[0] for k in range(3)]
     assert (maps[0] - maps[1]).abs().max() > 1e-3 or (maps[1] - maps[2]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method,layer", [("cam", None), ("gradcam", None), ("hirescam", None),
+                                          ("gradcam", "stride16"), ("gradcam++", None)])
+def test_explain_predictions_equals_a_forward_then_the_map_of_its_argmax(method, layer):
+    model, x = resnet18(), images(3, size=64)
+    maps, logits = explain_predictions(model, x, method, layer=layer)
+    with torch.no_grad():
+        expected_logits = model(x)
+    assert torch.allclose(logits, expected_logits, atol=1e-5)
+    expected = compute_cams(model, x, expected_logits.argmax(dim=1), method, layer=layer)
+    assert maps.shape == expected.shape and torch.allclose(maps, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "hirescam"])
+def test_fast_methods_predict_and_explain_in_one_forward(method):
+    model, x = shallow(), images(5)
+    calls = []
+    handle = model.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        maps, logits = explain_predictions(model, x, method, batch_size=2)
+    finally:
+        handle.remove()
+    assert calls == [2, 2, 1]  # one forward per batch: the map's own
+    assert logits.shape == (5, 3) and maps.shape[0] == 5
+    assert explain_predictions(model, torch.zeros(0, 1, 64, 64), method)[1].shape[0] == 0
 
 
 @pytest.mark.parametrize("fill", [0.0, 0.5, 1.0])

@@ -36,12 +36,31 @@ def test_launcher_builds_the_streamlit_command(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = launcher.build_parser().parse_args(["--db", "r.duckdb", "--port", "8611"])
     cmd = launcher.streamlit_command(args)
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("dashboard/app.py")
+    assert cmd[1:4] == ["-m", "dashboard.serve", "run"] and cmd[4].endswith("dashboard/app.py")
     assert cmd[cmd.index("--server.port") + 1] == "8611"
     assert cmd[cmd.index("--server.maxUploadSize") + 1] == "50"
     after = cmd[cmd.index("--") + 1:]
     assert after[after.index("--db") + 1] == str(tmp_path / "r.duckdb")  # relative to the caller
     assert after[after.index("--checkpoints") + 1] == str(tmp_path / "checkpoints")
+
+
+def test_server_process_starts_the_imports_before_streamlit(monkeypatch):
+    """dashboard.serve: the live-CAM imports are under way before streamlit's command line runs,
+    which gets the arguments unchanged."""
+    from streamlit.web import cli
+
+    from dashboard import live, serve
+
+    seen = []
+    monkeypatch.setattr(live, "_warm_thread", None)
+    monkeypatch.setattr(live, "_import_all", lambda: None)  # the thread, not the imports, is under test
+    monkeypatch.setattr(cli.main, "main", lambda args, prog_name: seen.append((args, prog_name,
+                                                                               live._warm_thread)) or 0)
+    assert serve.main(["run", "app.py", "--server.port", "1", "--", "--db", "r.duckdb"]) == 0
+    (args, prog, thread), = seen
+    assert args == ["run", "app.py", "--server.port", "1", "--", "--db", "r.duckdb"] and prog == "streamlit"
+    assert thread is not None and thread.name == "live-cam-warm-up"
+    assert live.warm_up() is thread  # app.py's own call finds it: one per process
 
 
 def test_launcher_serves_without_per_run_gc_and_with_one_torch_thread_by_default():

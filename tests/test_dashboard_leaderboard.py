@@ -37,8 +37,11 @@ def test_leaderboard_shows_every_done_run_and_no_failed_one(app_env):
                           "AND metric = 'accuracy' AND split = 'test'").fetchone()[0]
         mass = con.execute("SELECT avg(lung_mass) FROM cams WHERE run_id = 'phantom-shortcut-resnet18' "
                            "AND method = 'gradcam'").fetchone()[0]
+        scored = con.execute("SELECT count(lung_mass) FROM cams WHERE run_id = 'phantom-shortcut-resnet18' "
+                             "AND method = 'gradcam' AND target_kind = 'pred' AND split = 'test'").fetchone()[0]
     row = board[board.run_id == "phantom-shortcut-resnet18"].iloc[0]
     assert row.accuracy == pytest.approx(acc) and row.lung_mass == pytest.approx(mass)
+    assert row.n_scored == scored > 0 and "n_scored" in at.dataframe[0].proto.column_order  # what the mean rests on
 
 
 @pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
@@ -322,17 +325,11 @@ def test_scatter_figure_is_shared_between_sessions_and_never_changed(tmp_path, m
     assert pio.to_json(figures[0], validate=False) == built_json
     at.radio(key="lb_focus").set_value("pointing_game").run()
     assert len(figures) == 2  # another measure: another figure
-
-
-def test_scatter_cache_takes_a_board_with_unhashable_cells():
-    import pandas as pd
-
-    from dashboard import cache
-
-    board = pd.DataFrame({"dataset": ["d1", "d1"], "model": ["a", "b"], "accuracy": [0.9, 0.8],
-                          "accuracy_ci_low": [0.85, 0.7], "accuracy_ci_high": [0.95, 0.9],
-                          "lung_mass": [0.3, 0.6], "seeds": [[0, 1], [2]]})
-    first = cache.leaderboard_scatter(board, {"d1": 0.35}, "lung_mass")
-    assert cache.leaderboard_scatter(board.copy(), {"d1": 0.35}, "lung_mass") is first
-    changed = board.assign(seeds=[[0], [2]])
-    assert cache.leaderboard_scatter(changed, {"d1": 0.35}, "lung_mass") is not first
+    at.run()
+    assert len(figures) == 2
+    import duckdb
+    with duckdb.connect(str(db)) as con:  # a run commits: the next rerun draws the new board
+        con.execute("UPDATE metrics SET value = 0.123 WHERE metric = 'accuracy' AND split = 'test' "
+                    "AND run_id = (SELECT min(run_id) FROM runs WHERE status = 'done')")
+    at.run()
+    assert len(figures) == 3 and 0.123 in [round(y, 3) for t in figures[-1].data for y in ([] if t.y is None else t.y)]

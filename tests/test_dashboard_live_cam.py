@@ -61,6 +61,11 @@ def test_upload_real_xray_shows_each_model_and_its_cam(app_env, real_xray):
     assert len(_predictions(at)) == 2
     assert len(at.image) == 3  # the upload with its mask, two overlays
     assert "hirescam@stride16 on CPU" in texts(at)  # the audit's fine map is the default here too
+    bars = at.get("progress")  # one bar per class per model, the predicted class in bold
+    assert len(bars) == 2 * 3 and sum("**" in b.proto.text for b in bars) == 2
+    for pred, model_bars in zip(_predictions(at), (bars[:3], bars[3:])):
+        top = max(model_bars, key=lambda b: b.proto.value)
+        assert top.proto.text.startswith("**") and top.proto.text.split("**")[1] in pred
     at.multiselect(key="live_models").set_value(at.multiselect(key="live_models").value[:1]).run()
     assert len(_predictions(at)) == 1 and len(at.image) == 2
     at.selectbox(key="live_method").set_value("gradcam++").run()

@@ -246,6 +246,22 @@ def test_keep_lung_components_drops_stray_blobs_and_fills_holes():
     assert out.sum() == 2 * 30 * 12
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_fill_holes_equals_scipys_binary_fill_holes(seed):
+    from scipy import ndimage
+
+    from benchmark.lungseg.predict import fill_holes
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(1, 70, size=2))
+    mask = rng.random(shape) < rng.uniform(0.3, 0.9)  # many holes, some touching the border
+    if seed == 0:
+        mask[:] = False
+    elif seed == 1:
+        mask[:] = True
+    assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+
+
 # --- training set and patient split ---------------------------------------------------
 
 def test_phantom_only_training_set(phantom_data):

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.cams.engine import compute_cams
+from benchmark.cams.engine import compute_cams, explain_predictions
 from benchmark.cams.layers import resolve_layer
 from benchmark.cams.lungfocus import lung_focus_batch
 from benchmark.cams.methods import list_cam_methods
@@ -56,6 +56,14 @@ def method_maps(model, images: torch.Tensor, targets: torch.Tensor, name: str, d
     several layers by several threads at once (the dashboard's live CAMs)."""
     base, layer = split_method(name)
     return compute_cams(model, images, targets, base, batch_size=batch_size, device=device, layer=layer)
+
+
+def predicted_maps(model, images: torch.Tensor, name: str, device=None,
+                   batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(maps of each image's predicted class, logits) for a method name that may carry a layer:
+    one forward for a fast method (engine.explain_predictions). Never changes the model."""
+    base, layer = split_method(name)
+    return explain_predictions(model, images, base, batch_size=batch_size, device=device, layer=layer)
 
 
 def _cam_targets(preds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:

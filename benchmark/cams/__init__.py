@@ -14,6 +14,7 @@ DEFAULT_CAM_METHODS = ("cam", "gradcam", "hirescam@stride16")
 
 _EXPORTS = {
     "compute_cams": "engine",
+    "explain_predictions": "engine",
     "upsample_cam": "engine",
     "CAM_METHODS": "methods",
     "CamMethod": "methods",

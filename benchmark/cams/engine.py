@@ -69,6 +69,36 @@ def compute_cams(
     return _pytorch_grad_cam_maps(model, entry, images, targets, target_layer, batch_size=batch_size, device=device)
 
 
+def explain_predictions(
+    model,
+    images: torch.Tensor,
+    method: str,
+    *,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    layer: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(maps N x h x w of each image's predicted class, logits N x K), as compute_cams gives maps.
+
+    A fast method takes the prediction and its map from one forward pass (fast.py,
+    `targets=None`); a pytorch-grad-cam method needs a forward for the logits first, then its own.
+    The caller sets eval mode, as for compute_cams.
+    """
+    entry = resolve_cam_method(method, model, layer)
+    target_layer = target_module(model, layer)
+    if entry.fast is not None:
+        return entry.fast(model, images, None, batch_size=batch_size, device=device, target_layer=target_layer,
+                          return_logits=True)
+    dev, _ = check_batch_args(model, images, None, batch_size, device)
+    with torch.no_grad():
+        batches = [model(prepare_images(images[i:i + batch_size], dev)).float().cpu()
+                   for i in range(0, images.shape[0], batch_size)]
+    logits = torch.cat(batches) if batches else torch.zeros((0, 0))
+    predicted = logits.argmax(dim=1) if batches else torch.zeros(0, dtype=torch.int64)
+    maps = _pytorch_grad_cam_maps(model, entry, images, predicted, target_layer, batch_size=batch_size, device=device)
+    return maps, logits
+
+
 def upsample_cam(cam: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of one map (h x w) or a stack (N x h x w) to `size` = (H, W), float32."""
     tensor = torch.as_tensor(np.asarray(cam) if not isinstance(cam, torch.Tensor) else cam)

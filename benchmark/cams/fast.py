@@ -13,6 +13,11 @@ Nothing here writes to the model, so no lock is taken.
 
 The maps equal pytorch-grad-cam's (ReLU, then `scale_cam_image`'s min-max: cam - min,
 / (1e-7 + max)) at the target layer's own resolution; tests compare them.
+
+`targets=None` explains each image's predicted class, taken from the same forward pass that the
+map uses, and `return_logits=True` returns that forward's logits with the maps: a prediction
+and its explanation then cost one forward (the dashboard's live CAM), not a forward for the
+prediction and another for the map.
 """
 from __future__ import annotations
 
@@ -78,13 +83,15 @@ def check_targets(targets: torch.Tensor, n_images: int) -> None:
         raise BenchmarkError(f"target classes must be >= 0, got {int(targets.min())}")
 
 
-def check_batch_args(model, images, targets, batch_size: int, device) -> tuple[torch.device, torch.Tensor]:
-    """Validate a CAM call's arguments once: (the model's device, targets as CPU int64)."""
+def check_batch_args(model, images, targets, batch_size: int, device) -> tuple[torch.device, torch.Tensor | None]:
+    """Validate a CAM call's arguments once: (the model's device, targets as CPU int64, or None:
+    the predicted classes)."""
     device = resolve_device(model, device)
-    check_targets(targets, images.shape[0])
+    if targets is not None:
+        check_targets(targets, images.shape[0])
     if batch_size < 1:
         raise BenchmarkError(f"batch_size must be >= 1, got {batch_size}")
-    return device, targets.detach().to("cpu", torch.int64)
+    return device, None if targets is None else targets.detach().to("cpu", torch.int64)
 
 
 def _check_target_range(targets: torch.Tensor, num_classes: int) -> None:
@@ -149,74 +156,87 @@ def classifier_weight(model, channels: int) -> torch.Tensor:
     return weight
 
 
-def _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer) -> torch.Tensor:
+def _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer, return_logits):
     """Shared loop: hook once (this thread's forwards only), run `one_batch` per slice, one copy
-    to the CPU at the end. `target_layer` is the module explained (None: the registry's)."""
+    to the CPU at the end. `target_layer` is the module explained (None: the registry's).
+    `one_batch` returns (raw maps, logits) of its slice; the logits come back with the maps
+    when `return_logits`."""
     device, targets_cpu = check_batch_args(model, images, targets, batch_size, device)
     maps: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
     nonfinite = torch.zeros((), dtype=torch.int64, device=device)
     layer = model.cam_target_layer if target_layer is None else target_layer
     with capture_layer_output(layer) as outputs:
         for start in range(0, images.shape[0], batch_size):
             x = prepare_images(images[start:start + batch_size], device)
-            t_cpu = targets_cpu[start:start + batch_size]
+            t_cpu = None if targets_cpu is None else targets_cpu[start:start + batch_size]
             outputs.clear()
-            raw = one_batch(x, t_cpu, outputs, device, amp)
+            raw, batch_logits = one_batch(x, t_cpu, outputs, device, amp)
             nonfinite += (~torch.isfinite(raw)).flatten(1).any(dim=1).sum()
             maps.append(normalise_maps(raw))
+            if return_logits:
+                logits.append(batch_logits.detach().float())
             outputs.clear()
     if not maps:
-        return torch.zeros((0, 0, 0), dtype=torch.float32)
+        empty = torch.zeros((0, 0, 0), dtype=torch.float32)
+        return (empty, torch.zeros((0, 0), dtype=torch.float32)) if return_logits else empty
     result = torch.cat(maps).cpu()
     if int(nonfinite):
         log.warning("%d CAM(s) had non-finite values (NaN/inf activations); those entries were set to 0",
                     int(nonfinite))
-    return result
+    return (result, torch.cat(logits).cpu()) if return_logits else result
 
 
-def _target_gradients(model, x, t_cpu, outputs, dev, amp) -> tuple[torch.Tensor, torch.Tensor]:
-    """(activation, d(target logit)/d(activation)) of the hooked layer for one batch."""
+def _targets_on_device(t_cpu: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """The classes to explain on the logits' device: the given ones, or each row's argmax."""
+    if t_cpu is None:
+        return logits.detach().argmax(dim=1)
+    _check_target_range(t_cpu, logits.shape[1])
+    return t_cpu.to(logits.device, non_blocking=True)
+
+
+def _target_gradients(model, x, t_cpu, outputs, dev, amp) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(activation, d(target logit)/d(activation), logits) of the hooked layer for one batch."""
     # detach(): requires_grad on a view of the caller's tensor, never on the tensor itself;
     # input grad on means frozen (requires_grad=False) models still give a graph.
     x = x.detach().requires_grad_(True)
     with torch.enable_grad(), _autocast(dev, amp):
         logits = model(x)
     act = _layer_output(outputs)
-    _check_target_range(t_cpu, logits.shape[1])
-    t = t_cpu.to(dev, non_blocking=True)
+    t = _targets_on_device(t_cpu, logits)
     score = logits.float().gather(1, t[:, None]).sum()
     (grads,) = torch.autograd.grad(score, act)
-    return act.detach().float(), grads.float()
+    return act.detach().float(), grads.float(), logits.detach()
 
 
-def grad_cams(model, images: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 32,
+def grad_cams(model, images: torch.Tensor, targets: torch.Tensor | None, *, batch_size: int = 32,
               device: torch.device | str | None = None, amp: bool = False,
-              target_layer: torch.nn.Module | None = None) -> torch.Tensor:
+              target_layer: torch.nn.Module | None = None, return_logits: bool = False):
     """Grad-CAM (Selvaraju et al.): weights = spatial mean of d(target logit)/d(activation)."""
 
     def one_batch(x, t_cpu, outputs, dev, amp):
-        act, grads = _target_gradients(model, x, t_cpu, outputs, dev, amp)
-        return torch.einsum("nk,nkhw->nhw", grads.mean(dim=(2, 3)), act)
+        act, grads, logits = _target_gradients(model, x, t_cpu, outputs, dev, amp)
+        return torch.einsum("nk,nkhw->nhw", grads.mean(dim=(2, 3)), act), logits
 
-    return _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer)
+    return _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer, return_logits)
 
 
-def hires_cams(model, images: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 32,
+def hires_cams(model, images: torch.Tensor, targets: torch.Tensor | None, *, batch_size: int = 32,
                device: torch.device | str | None = None, amp: bool = False,
-               target_layer: torch.nn.Module | None = None) -> torch.Tensor:
+               target_layer: torch.nn.Module | None = None, return_logits: bool = False):
     """HiResCAM (Draelos & Carin): sum over channels of gradient x activation, element-wise, so
     each cell keeps its own gradient instead of the channel's spatial mean."""
 
     def one_batch(x, t_cpu, outputs, dev, amp):
-        act, grads = _target_gradients(model, x, t_cpu, outputs, dev, amp)
-        return (grads * act).sum(dim=1)
+        act, grads, logits = _target_gradients(model, x, t_cpu, outputs, dev, amp)
+        return (grads * act).sum(dim=1), logits
 
-    return _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer)
+    return _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer, return_logits)
 
 
-def class_activation_maps(model, images: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 32,
+def class_activation_maps(model, images: torch.Tensor, targets: torch.Tensor | None, *, batch_size: int = 32,
                           device: torch.device | str | None = None, amp: bool = False,
-                          target_layer: torch.nn.Module | None = None) -> torch.Tensor:
+                          target_layer: torch.nn.Module | None = None, return_logits: bool = False):
     """CAM (Zhou et al.): weights = classifier row of the target class; no backward at all.
 
     Valid only for GAP heads (the registry checks `spec.gap_head`); then it equals Grad-CAM up
@@ -227,8 +247,7 @@ def class_activation_maps(model, images: torch.Tensor, targets: torch.Tensor, *,
         with torch.no_grad(), _autocast(dev, amp):
             logits = model(x)
         act = _layer_output(outputs).float()
-        _check_target_range(t_cpu, logits.shape[1])
-        rows = classifier_weight(model, act.shape[1]).to(dev)[t_cpu.to(dev, non_blocking=True)]
-        return torch.einsum("nk,nkhw->nhw", rows, act)
+        rows = classifier_weight(model, act.shape[1]).to(dev)[_targets_on_device(t_cpu, logits)]
+        return torch.einsum("nk,nkhw->nhw", rows, act), logits
 
-    return _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer)
+    return _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer, return_logits)

@@ -67,9 +67,8 @@ def _step(delta: int) -> None:
     st.session_state["cmp_image"] = ids[(index + delta) % len(ids)]
 
 
-image_id = c3.selectbox(
-    f"Image ({len(ids)})", list(by_id.index), key="cmp_image",
-    format_func=lambda i: f"{by_id.at[i, 'label']} · {by_id.at[i, 'source'] or ''} · {i}")
+names = {i: f"{label} · {source or ''} · {i}" for i, label, source in zip(by_id.index, by_id["label"], by_id["source"])}
+image_id = c3.selectbox(f"Image ({len(ids)})", list(names), key="cmp_image", format_func=names.__getitem__)
 c4.button("Prev", key="cmp_prev", on_click=_step, args=(-1,), icon=":material/arrow_back:", width="stretch",
           help="previous image")
 c5.button("Next", key="cmp_next", on_click=_step, args=(1,), icon=":material/arrow_forward:", width="stretch",

@@ -38,9 +38,7 @@ class_choice = c3.selectbox("Sens. / spec. / AUC of", [views.MEAN_OVER_CLASSES] 
                             key="lb_class", persist_state="session",
                             help="One class (one-vs-rest, with CIs) or the mean over classes (AUC: macro AUC).")
 sort_label = c4.selectbox("Sort by", list(views.SORT_KEYS), key="lb_sort", persist_state="session")
-details = cache.query("run_details")
-groups = views.seed_groups(details)
-by_group = views.several_seeds(groups) and st.toggle(
+by_group = cache.several_seeds() and st.toggle(
     "One row per seed group", value=True, key="lb_seed_groups", persist_state="session",
     help="Runs that differ only by their training seed (same dataset, model, weights, lungs-only, image size, "
          "epochs): the mean over seeds with the SD over seeds and how many seeds; the CI columns are then the "
@@ -48,8 +46,10 @@ by_group = views.several_seeds(groups) and st.toggle(
 
 base = cache.baselines(chosen)
 baseline_values = {d: v for d, (v, _) in base.items()}
-view = cache.leaderboard(chosen, method if methods else None, class_choice, bool(by_group), sort_label,
-                         baseline_values)
+choice = views.LeaderboardChoice(datasets=tuple(chosen), method=method if methods else None,
+                                 class_choice=class_choice, by_group=bool(by_group), sort_label=sort_label,
+                                 baselines=tuple(sorted(baseline_values.items())))
+view = cache.leaderboard(choice)
 board, table = view.board, view.table
 common.stale_notice()
 
@@ -63,7 +63,7 @@ sd_help = "SD over the group's seeds (sample SD; blank with one seed)"
 st.dataframe(
     table, key="lb_table", hide_index=True, height=35 * (min(len(table), 15) + 1) + 3,
     column_order=["dataset", "model"] + seed_cols + ["accuracy", "accuracy_ci"]
-                 + (["accuracy_sd"] if by_group else []) + ["lung_mass"]
+                 + (["accuracy_sd"] if by_group else []) + ["lung_mass", "n_scored"]
                  + (["lung_mass_sd"] if by_group else []) + ["uniform_baseline",
                   "lung_mass_vs_uniform", "lung_mass_ceiling", "lung_focus_score"]
                  + (["lung_focus_score_sd"] if by_group else []) + ["pointing_game"]
@@ -85,6 +85,10 @@ st.dataframe(
         "auc": num("AUC", format="%.3f"), "auc_ci": "AUC 95% CI",
         "lung_mass": st.column_config.ProgressColumn("Lung mass", format="%.3f", min_value=0, max_value=1,
                                                      help="Mean share of positive CAM mass inside the lung mask"),
+        "n_scored": num("Maps scored", format="%.0f",
+                        help="How many of this method's maps the lung-mass mean rests on: maps of test images "
+                             "with a lung mask and a positive value somewhere (a map that is all zero, as a "
+                             "1 x 1 last layer often gives, has no lung mass). Seed groups: the mean over seeds"),
         "uniform_baseline": num("Uniform map", format="%.3f",
                                 help="Lungs' share of the image (mean over test masks): "
                                      "a CAM spread evenly scores this"),
@@ -144,7 +148,7 @@ focus_col = st.radio("Lung-focus measure", ["lung_mass", "pointing_game"], horiz
                      format_func=lambda c: "lung mass" if c == "lung_mass" else "pointing game",
                      persist_state="session")
 if board[focus_col].notna().any():
-    st.plotly_chart(cache.leaderboard_scatter(board, baseline_values, focus_col), key="lb_scatter")
+    st.plotly_chart(cache.leaderboard_scatter(choice, focus_col, board), key="lb_scatter")
 else:
     st.info("No CAMs with lung-focus measures are stored for this method yet; "
             "runs with `--cam-methods gradcam` add them.")

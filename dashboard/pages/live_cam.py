@@ -122,7 +122,7 @@ with right:
     per_row = 3  # fixed width per model, however many are chosen
     for start in range(0, len(results), per_row):
         cols = st.columns(per_row)
-        for offset, (col, res) in enumerate(zip(cols, results[start:start + per_row])):
+        for col, res in zip(cols, results[start:start + per_row]):
             with col.container(border=True):
                 st.markdown(f"**{res.label}**")
                 if res.error:
@@ -132,8 +132,8 @@ with right:
                                                        lung_mask=mask if show_contour else None)),
                          width="stretch")
                 st.markdown(f"pred **{res.pred}** ({res.confidence:.2f})")
-                st.plotly_chart(render.probability_bars(list(res.classes), res.probs, res.pred),
-                                key=f"live_probs_{start + offset}", config={"displayModeBar": False})
+                for cls, p in zip(res.classes, res.probs):  # native bars: a plotly figure per panel cost
+                    st.progress(float(p), text=f"**{cls}** {p:.2f}" if cls == res.pred else f"{cls} {p:.2f}")
                 if res.lung_mass is not None:
                     hit = "peak on lungs" if res.pointing_hit else "peak off lungs"
                     st.caption(f"lung mass **{res.lung_mass:.2f}** · {hit}")

@@ -1,0 +1,29 @@
+"""The server process of `python -m dashboard`: streamlit's own command line, with the live-CAM
+imports started first.
+
+`streamlit run` imports app.py only when the first browser session opens, so the first sessions
+would otherwise share the cores with ~6.5 s of imports (torch, the model zoo, pytorch-grad-cam;
+measured on the 2-core box). Under 10 sessions at once that import got a tenth of the
+interpreter and took ~25 s, and every live CAM waited for it (bench/RESULTS.md, dashboard load).
+Started here, it runs while the server comes up and waits for its first visitor; app.py's own
+`live.warm_up()` then finds it under way (one per process).
+
+    python -m dashboard.serve run APP [streamlit flags] -- [app arguments]   # what the launcher execs
+"""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dashboard import live
+
+    live.warm_up()  # a daemon thread: it never holds the server up
+    from streamlit.web import cli
+
+    # what `python -m streamlit` does (streamlit/__main__.py), with our arguments
+    return cli.main.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="streamlit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
