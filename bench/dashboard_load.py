@@ -20,8 +20,9 @@ Every session visits leaderboard, compare, misclassifications and live CAM in it
 `--rounds` times; the first visit of a view in a session is its "cold" visit for that session
 (server caches may already be warm from other sessions). Reported: p50/p95 seconds per view over all
 visits, the p95 of the rounds after the first (the server's imports and caches warm), the slowest
-visit, the server's peak RSS (VmHWM of the server process, from /proc), and the CPU seconds the
-server and this client used during the run (they share the machine's cores).
+visit, the server's peak RSS (VmHWM of the server process, from /proc) and that of its live-CAM
+model workers (its child processes), and the CPU seconds the server, its workers and this client
+used during the run (they share the machine's cores).
 Goal (issue 10): p95 <= 2 s with 10 sessions on 2 cores; memory bounded.
 Prints one JSON object; the lead copies the numbers (with machine and date) into bench/RESULTS.md.
 """
@@ -61,6 +62,30 @@ def peak_rss_mb(pid: int) -> dict[str, float]:
         if key in ("VmHWM", "VmRSS"):
             out[key] = round(int(value.split()[0]) / 1024, 1)
     return out
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of process `pid` (the server's live-CAM model workers), from /proc."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return sorted(set(found))
+
+
+def workers_usage(pid: int) -> dict:
+    """CPU seconds and memory (MB) of the server's worker processes, summed."""
+    cpu, hwm, rss = 0.0, 0.0, 0.0
+    for child in child_pids(pid):
+        try:
+            cpu += cpu_seconds(child)
+            mem = peak_rss_mb(child)
+        except OSError:  # it ended between the listing and the read
+            continue
+        hwm, rss = hwm + mem.get("VmHWM", 0.0), rss + mem.get("VmRSS", 0.0)
+    return {"processes": len(child_pids(pid)), "cpu_s": cpu, "VmHWM": round(hwm, 1), "VmRSS": round(rss, 1)}
 
 
 class Session:
@@ -325,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                                     daemon=True)
                    for i in range(args.sessions)]
         t = time.perf_counter()
-        cpu_start = {"client": cpu_seconds(), "server": cpu_seconds(pid) if pid else None}
+        cpu_start = {"client": cpu_seconds(), "server": cpu_seconds(pid) if pid else None,
+                     "workers": workers_usage(pid)["cpu_s"] if pid else None}
         for th in threads:
             th.start()
         for th in threads:
@@ -335,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         cpu = {"client_s": round(cpu_seconds() - cpu_start["client"], 1),
                "server_s": round(cpu_seconds(pid) - cpu_start["server"], 1) if pid else None}
         rss = peak_rss_mb(pid) if pid else {}
+        workers = workers_usage(pid) if pid else {}
+        if workers:  # the live CAM's model worker processes (dashboard/model_worker.py)
+            cpu["model_workers_s"] = round(workers["cpu_s"] - cpu_start["workers"], 1)
         n_cams = None
         if db.exists() and server is not None:
             server.terminate()
@@ -358,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                   "think_s": args.think_s, "db_cam_rows": n_cams, "db_build_s": built_s,
                   "wall_s": round(wall, 1), "cpu_during_run": cpu, "views": views,
                   "server_memory_mb": {"at_start": rss_start, "at_end": rss},
+                  "model_workers": {k: v for k, v in workers.items() if k != "cpu_s"},
                   "goal": "p95 <= 2 s per view with 10 sessions on 2 cores",
                   "failures": failures}
         print(json.dumps(result, indent=2))

@@ -21,6 +21,7 @@ ENV_RESULTS_DB = "CXR_RESULTS_DB"     # the results database
 ENV_CHECKPOINTS = "CXR_CHECKPOINTS"   # trained classifiers (and the default segmenter under lungseg/)
 ENV_SEGMENTER = "CXR_LUNG_SEGMENTER"  # lung segmenter checkpoint stem
 ENV_LOCK_WAIT = "CXR_DB_LOCK_WAIT_S"  # seconds a dashboard page waits for a benchmark writer
+ENV_LIVE_WORKERS = "CXR_LIVE_WORKERS"  # dashboard: processes for live-CAM model work (0: in the server)
 ENV_FAULT_PAUSE = "CXR_FAULT_PAUSE"   # test-only: "<point>:<marker>" pauses at a write point (benchmark/faults.py)
 ENV_OFFLINE = "CXR_OFFLINE"           # 1: --pretrained never downloads, uses files already here only
 

@@ -52,6 +52,8 @@ def streamlit_command(args: argparse.Namespace) -> list[str]:
     cmd += ["--checkpoints", str(Path(checkpoints).resolve())]  # relative to the caller, not the repo
     if args.segmenter:
         cmd += ["--segmenter", str(Path(args.segmenter).resolve())]
+    if args.live_workers is not None:
+        cmd += ["--live-workers", str(args.live_workers)]
     return cmd
 
 

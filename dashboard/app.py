@@ -7,10 +7,11 @@ requirements.txt does), whatever folder streamlit was started in.
 """
 import streamlit as st
 
-from dashboard import common, live
+from dashboard import cache, common, live
 
 st.set_page_config(page_title="CXR shortcut audit", page_icon=":material/radiology:", layout="wide")
 live.warm_up()  # torch and the model zoo load in the background while the first page draws
+cache.model_worker(cache.settings().live_workers)  # the live CAM's worker starts with the first session
 
 PAGES = [
     st.Page("pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),

@@ -203,16 +203,16 @@ def checkpoints(folder: Path) -> list[dict]:
     return _checkpoints(str(folder), stamp)
 
 
-@st.cache_resource(max_entries=16, show_spinner=False)
-def load_model(path: str, mtime_ns: int):
-    """(model in eval mode on CPU, frozen, sidecar); keyed by mtime so a retrained checkpoint reloads.
+@st.cache_resource(show_spinner=False)
+def model_worker(workers: int):
+    """The live CAM's model work (dashboard/model_worker.py): `workers` processes, started now so
+    their imports are done before the first upload. One object per server, shared by every
+    session; its submit is thread-safe and it loads each checkpoint once (path, mtime)."""
+    from dashboard.model_worker import ModelWorker
 
-    Every session gets this one object: see live.shareable for why it is frozen."""
-    from benchmark.training.checkpoints import load_checkpoint
-    from dashboard.live import shareable
-
-    model, meta = load_checkpoint(path, device="cpu")
-    return shareable(model), meta
+    worker = ModelWorker(workers)
+    worker.start()
+    return worker
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
@@ -237,11 +237,15 @@ def load_segmenter(stem: str, mtime_ns: int):
     return model, f"Lung mask from {which}" + (f" (held-out cohen Dice {dice:.3f})." if dice is not None else ".")
 
 
-def segmenter_for(cfg: DashboardSettings):
+def segmenter_stamp(cfg: DashboardSettings) -> tuple[str, int]:
+    """(stem, weights mtime_ns or 0) of the segmenter in use: the key a retrained one reloads by."""
     stem = cfg.segmenter
     weights = stem.with_suffix(".safetensors")
-    mtime = weights.stat().st_mtime_ns if weights.exists() else 0
-    return load_segmenter(str(stem), mtime)
+    return str(stem), weights.stat().st_mtime_ns if weights.exists() else 0
+
+
+def segmenter_for(cfg: DashboardSettings):
+    return load_segmenter(*segmenter_stamp(cfg))
 
 
 @st.cache_data(ttl=QUERY_TTL_S, max_entries=64, show_spinner=False)

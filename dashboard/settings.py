@@ -18,6 +18,7 @@ from benchmark.paths import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_RESULTS_DB,
     ENV_CHECKPOINTS,
+    ENV_LIVE_WORKERS,
     ENV_LOCK_WAIT,
     ENV_RESULTS_DB,
     ENV_SEGMENTER,
@@ -26,6 +27,11 @@ from benchmark.paths import (
 #: Uploads above this are refused in code; .streamlit/config.toml sets server.maxUploadSize to
 #: the same number so the browser refuses them first. A chest X-ray DICOM is 5-30 MB.
 MAX_UPLOAD_MB = 50
+
+#: Worker processes for the live CAM's model work (dashboard/model_worker.py); 0 runs it in the
+#: server's own session threads. One: the box this was measured on has 2 cores, one for the
+#: sessions' Python and one for the models (bench/RESULTS.md, dashboard load).
+LIVE_WORKERS = 1
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,13 @@ class DashboardSettings:
     segmenter_stem: Path | None = None  # None: a trained one under checkpoints_dir, else the shipped one
     max_upload_mb: int = MAX_UPLOAD_MB
     lock_wait_s: float = 3.0
+    live_workers: int = LIVE_WORKERS
 
     def __post_init__(self):
         if self.max_upload_mb <= 0:
             raise ValueError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
+        if self.live_workers < 0:
+            raise ValueError(f"live_workers must be >= 0, got {self.live_workers}")
 
     @property
     def segmenter(self) -> Path:
@@ -65,6 +74,9 @@ def argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmenter", default=None,
                    help=f"lung segmenter checkpoint stem (default ${ENV_SEGMENTER}, else checkpoints/lungseg/lung_unet "
                         "if trained, else the one shipped in the package)")
+    p.add_argument("--live-workers", type=int, default=None,
+                   help=f"processes that run the live CAM's models (default ${ENV_LIVE_WORKERS} or {LIVE_WORKERS}; "
+                        "0: in the server process)")
     return p
 
 
@@ -77,4 +89,15 @@ def resolve_settings(argv: Sequence[str] | None = None, environ: Mapping[str, st
         checkpoints_dir=paths.checkpoints_dir(args.checkpoints, environ),
         segmenter_stem=Path(segmenter) if segmenter else None,
         lock_wait_s=float(paths.setting(None, ENV_LOCK_WAIT, environ) or DashboardSettings.lock_wait_s),
+        live_workers=_int_setting(args.live_workers, ENV_LIVE_WORKERS, environ, LIVE_WORKERS),
     )
+
+
+def _int_setting(explicit: int | None, env: str, environ, default: int) -> int:
+    value = paths.setting(None if explicit is None else str(explicit), env, environ)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{env} must be a whole number, got {value!r}") from None

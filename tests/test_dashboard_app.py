@@ -42,6 +42,10 @@ def test_launcher_builds_the_streamlit_command(tmp_path, monkeypatch):
     after = cmd[cmd.index("--") + 1:]
     assert after[after.index("--db") + 1] == str(tmp_path / "r.duckdb")  # relative to the caller
     assert after[after.index("--checkpoints") + 1] == str(tmp_path / "checkpoints")
+    assert "--live-workers" not in after  # the app's own default (settings.LIVE_WORKERS)
+    cmd = launcher.streamlit_command(launcher.build_parser().parse_args(["--live-workers", "0"]))
+    assert cmd[cmd.index("--live-workers") + 1] == "0"
+    assert resolve_settings(cmd[cmd.index("--") + 1:], {}).live_workers == 0  # the app reads what was passed
 
 
 def test_server_process_starts_the_imports_before_streamlit(monkeypatch):

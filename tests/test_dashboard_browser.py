@@ -145,7 +145,7 @@ def test_every_page_renders_and_live_cam_shows_overlays(server, browser, tmp_pat
     upload = _settle(browser, '.st-key-live_upload input[type="file"]')[0]
     upload.send_keys(str(cxr_data_file))
     _settle_text(browser, "on CPU:")  # the timing line closes the results
-    _settle(browser, '[data-testid="stPlotlyChart"]')
+    _settle(browser, '[data-testid="stProgress"]')  # the class probabilities
     main = browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]')
     assert len(main.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"] img')) >= 2  # upload + overlay
     assert "pred " in main.text and "cannot be used" not in main.text
@@ -156,7 +156,7 @@ def test_every_page_renders_and_live_cam_shows_overlays(server, browser, tmp_pat
     browser.find_element(By.CSS_SELECTOR, '.st-key-live_upload input[type="file"]').send_keys(str(corrupt))
     text = _settle_text(browser, "cannot be used")
     assert "truncated" in text or "corrupt" in text
-    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')  # old results gone
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stProgress"]')  # old results gone
     _shot(browser, tmp_path / "live_cam_corrupt.png")
     for name in ("leaderboard", "compare", "misclassifications", "live_cam", "live_cam_corrupt"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000

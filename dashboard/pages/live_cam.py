@@ -70,11 +70,12 @@ if image_key not in kept:
         st.stop()
 image = kept[image_key]
 
+worker = cache.model_worker(cfg.live_workers)  # the models run there, beside this session's thread
 segmenter, segmenter_note = cache.segmenter_for(cfg)
 mask_key = ("mask", digest)
 if mask_key not in kept:
     try:
-        kept[mask_key] = live.segment_lungs(segmenter, image)
+        kept[mask_key] = None if segmenter is None else worker.segment(*cache.segmenter_stamp(cfg), image)
     except Exception:  # a segmenter failure must not hide the CAMs
         log.exception("lung segmentation failed")
         kept[mask_key] = None
@@ -105,8 +106,8 @@ with right:
         if key not in kept:
             meta = by_path[path]
             try:
-                model, _ = cache.load_model(path, Path(path).stat().st_mtime_ns)
-                kept[key] = live.explain(model, meta, image, method, mask, label=views.checkpoint_label(meta))
+                kept[key] = worker.explain(path, Path(path).stat().st_mtime_ns, image, method, mask,
+                                           views.checkpoint_label(meta))
             except Exception as exc:  # a broken checkpoint is one panel's problem
                 log.exception("checkpoint %s failed", path)
                 kept[key] = live.LiveCam(label=views.checkpoint_label(meta), classes=(), error=str(exc))

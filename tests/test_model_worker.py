@@ -1,0 +1,149 @@
+"""The live CAM's model worker process: same answers as in-process, shared safely, survives a crash."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from benchmark.paths import SHIPPED_SEGMENTER
+from dashboard.model_worker import ModelWorker, receive_message, send_message
+from tests.fixtures_db import lung_mask, make_checkpoint, xray_image
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("worker")
+    path = make_checkpoint(root / "ck", architecture="resnet18", input_size=64, seed=3)
+    rng = np.random.default_rng(0)
+    images = [xray_image(96, rng, marker=bool(i % 2)) for i in range(4)]
+    return {"checkpoint": str(path), "mtime": path.stat().st_mtime_ns, "images": images, "mask": lung_mask(96)}
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = ModelWorker(1)
+    w.start()
+    yield w
+    w.close()
+
+
+def _same(a, b):
+    assert a.error == b.error == ""
+    assert (a.label, a.classes, a.pred) == (b.label, b.classes, b.pred)
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+    np.testing.assert_allclose(a.cam, b.cam, atol=1e-6)
+    assert a.lung_mass == pytest.approx(b.lung_mass, abs=1e-6) and a.pointing_hit == b.pointing_hit
+
+
+def test_messages_carry_numeric_arrays_and_refuse_anything_else():
+    buf = io.BytesIO()
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    send_message(buf, {"op": "x", "n": 1.5}, {"image": image, "mask": image > 5, "none": None})
+    buf.seek(0)
+    header, arrays = receive_message(buf)
+    assert header == {"op": "x", "n": 1.5} and set(arrays) == {"image", "mask"}
+    np.testing.assert_array_equal(arrays["image"], image)
+    assert arrays["mask"].dtype == bool and arrays["mask"].sum() == 6
+    arrays["image"][0, 0] = 9  # owned and writable (torch.from_numpy needs that)
+    with pytest.raises(TypeError, match="dtype object"):
+        send_message(io.BytesIO(), {}, {"bad": np.array([object()])})
+    # a header naming another dtype is refused before any bytes are interpreted
+    bad = io.BytesIO()
+    send_message(bad, {}, {"a": np.zeros(2, np.float32)})
+    raw = bad.getvalue().replace(b"float32", b"float64")
+    with pytest.raises(ValueError, match="dtype 'float64'"):
+        receive_message(io.BytesIO(raw))
+    with pytest.raises(EOFError):
+        receive_message(io.BytesIO(bad.getvalue()[:-3]))  # cut short
+
+
+@pytest.mark.slow  # the worker's start (torch import) is ~10 s on the 2-core box
+def test_worker_gives_the_in_process_answers(worker, assets):
+    here = ModelWorker(0)
+    for method in ("hirescam@stride16", "gradcam", "cam"):
+        for image in assets["images"][:2]:
+            args = (assets["checkpoint"], assets["mtime"], image, method, assets["mask"], "m")
+            _same(worker.explain(*args), here.explain(*args))
+    stem, mtime = str(SHIPPED_SEGMENTER), 0
+    image = assets["images"][0]
+    np.testing.assert_array_equal(worker.segment(stem, mtime, image), here.segment(stem, mtime, image))
+
+
+@pytest.mark.slow  # 8 threads on one worker: a few seconds on the 2-core box
+def test_sessions_sharing_one_worker_get_their_own_maps(worker, assets):
+    requests = [(image, method) for image in assets["images"] for method in ("hirescam@stride16", "gradcam")]
+    alone = [worker.explain(assets["checkpoint"], assets["mtime"], img, m, assets["mask"], f"r{i}")
+             for i, (img, m) in enumerate(requests)]
+    got: dict[int, object] = {}
+    start = threading.Barrier(8)
+
+    def session(k):
+        start.wait()
+        for i in range(k, len(requests), 8):
+            img, m = requests[i]
+            got[i] = worker.explain(assets["checkpoint"], assets["mtime"], img, m, assets["mask"], f"r{i}")
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, res in enumerate(alone):
+        _same(got[i], res)
+
+
+@pytest.mark.slow  # shares the module's worker process
+def test_a_bad_checkpoint_or_method_is_one_panels_error_and_the_worker_stays(worker, assets, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    res = worker.explain(str(broken), 1, assets["images"][0], "gradcam", None, "broken")
+    assert res.error and res.label == "broken" and res.cam is None
+    res = worker.explain(assets["checkpoint"], assets["mtime"], assets["images"][0], "no-such-method", None, "m")
+    assert "no-such-method" in res.error
+    good = worker.explain(assets["checkpoint"], assets["mtime"], assets["images"][0], "gradcam", None, "m")
+    assert good.error == "" and good.cam is not None and good.lung_mass is None  # no mask, no lung mass
+
+
+@pytest.mark.slow  # starts a second worker process (torch import)
+def test_a_worker_that_dies_fails_its_request_clearly_and_is_replaced(assets):
+    w = ModelWorker(1)
+    try:
+        args = (assets["checkpoint"], assets["mtime"], assets["images"][0], "gradcam", assets["mask"], "m")
+        first = w.explain(*args)
+        assert first.error == ""
+        (pid,) = w.pids()
+        os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+        failed = w.explain(*args)
+        assert "worker process stopped" in failed.error and failed.cam is None
+        again = w.explain(*args)  # a new process answers
+        _same(again, first)
+        assert w.pids() and w.pids() != [pid]
+    finally:
+        w.close()
+    assert w.pids() == []
+
+
+@pytest.mark.slow  # starts a worker process
+def test_the_worker_process_exits_when_the_server_closes_its_pipe(assets):
+    w = ModelWorker(1)
+    w.start()
+    process = list(w._idle.queue)[0]
+    process.proc.stdin.close()  # what the kernel does when the server process dies
+    assert process.proc.wait(timeout=120) == 0
+    process.proc.stdout.close()
+
+
+def test_workers_setting():
+    from dashboard.settings import LIVE_WORKERS, resolve_settings
+
+    assert resolve_settings([], {}).live_workers == LIVE_WORKERS == 1
+    assert resolve_settings(["--live-workers", "0"], {}).live_workers == 0
+    assert resolve_settings([], {"CXR_LIVE_WORKERS": "2"}).live_workers == 2
+    with pytest.raises(ValueError, match="CXR_LIVE_WORKERS must be a whole number"):
+        resolve_settings([], {"CXR_LIVE_WORKERS": "two"})
+    with pytest.raises(ValueError, match="live_workers must be >= 0"):
+        resolve_settings(["--live-workers", "-1"], {})
