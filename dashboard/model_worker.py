@@ -8,8 +8,10 @@ live CAM took ~10x its time alone (bench/RESULTS.md, dashboard load). In a worke
 model work has its own interpreter and the other core; the session's thread only waits on a pipe.
 
 `ModelWorker` is what the server holds (one per process, dashboard/cache.py). It is thread-safe:
-a request takes an idle worker process (waiting for one if all are busy), sends it the checkpoint
-path and mtime, the image, the method and the lung mask, and gets a `live.LiveCam` back. A worker
+a request takes an idle worker process (waiting for one if all are busy), sends it the image, the
+segmenter to mask it with (or the mask the page already has), the method and every checkpoint
+still to answer, and gets the mask and a `live.LiveCam` per checkpoint back: one round trip per
+upload, so a session waits in the worker's queue once, not once per model. A worker
 loads each checkpoint once (LRU, keyed by path and mtime) and answers one request at a time. A
 worker that dies (out of memory, a crash in a native library) fails the request it held with a
 clear message and is replaced at the next request.
@@ -90,6 +92,22 @@ def segment(stem: str, mtime_ns: int, image: np.ndarray) -> np.ndarray | None:
     return live.segment_lungs(_segmenter(stem, mtime_ns), image)
 
 
+def explain_upload(image: np.ndarray, checkpoints: list[tuple[str, int, str]], method: str,
+                   lung_mask: np.ndarray | None = None, segmenter: tuple[str, int] | None = None,
+                   ) -> tuple[np.ndarray | None, list[live.LiveCam]]:
+    """What the live CAM page needs for one upload, in one call: the lung mask from `segmenter`
+    (stem, mtime) when given (else `lung_mask` as it is), then each (path, mtime, label)
+    checkpoint's answer with that mask. A segmenter failure leaves the mask None; the CAMs still come."""
+    if segmenter is not None:
+        try:
+            lung_mask = segment(*segmenter, image)
+        except Exception:
+            log.exception("lung segmentation failed")
+            lung_mask = None
+    return lung_mask, [explain_checkpoint(path, mtime, image, method, lung_mask, label)
+                       for path, mtime, label in checkpoints]
+
+
 # ---- messages: a JSON header, then raw arrays -------------------------------------------------
 
 def send_message(stream: BinaryIO, header: dict, arrays: dict[str, np.ndarray | None] | None = None) -> None:
@@ -129,29 +147,30 @@ def receive_message(stream: BinaryIO) -> tuple[dict, dict[str, np.ndarray]]:
     return header, arrays
 
 
-def _live_cam_message(res: live.LiveCam) -> tuple[dict, dict]:
-    fields = {"label": res.label, "classes": list(res.classes), "probs": list(res.probs), "pred": res.pred,
-              "confidence": res.confidence, "lung_mass": res.lung_mass, "pointing_hit": res.pointing_hit,
-              "seconds": res.seconds, "error": res.error}
-    cam = None if res.cam is None else np.asarray(res.cam, dtype=np.float32)
-    return {"ok": "explain", "result": fields}, {"cam": cam}
+def _live_cam_fields(res: live.LiveCam) -> dict:
+    return {"label": res.label, "classes": list(res.classes), "probs": list(res.probs), "pred": res.pred,
+            "confidence": res.confidence, "lung_mass": res.lung_mass, "pointing_hit": res.pointing_hit,
+            "seconds": res.seconds, "error": res.error}
 
 
-def _live_cam_from(header: dict, arrays: dict) -> live.LiveCam:
-    f = header["result"]
-    return live.LiveCam(label=f["label"], classes=tuple(f["classes"]), probs=tuple(f["probs"]), pred=f["pred"],
-                        confidence=f["confidence"], cam=arrays.get("cam"), lung_mass=f["lung_mass"],
-                        pointing_hit=f["pointing_hit"], seconds=f["seconds"], error=f["error"])
+def _live_cam_from(fields: dict, cam: np.ndarray | None) -> live.LiveCam:
+    return live.LiveCam(label=fields["label"], classes=tuple(fields["classes"]), probs=tuple(fields["probs"]),
+                        pred=fields["pred"], confidence=fields["confidence"], cam=cam,
+                        lung_mass=fields["lung_mass"], pointing_hit=fields["pointing_hit"],
+                        seconds=fields["seconds"], error=fields["error"])
 
 
 def _answer(header: dict, arrays: dict) -> tuple[dict, dict]:
-    op = header.get("op")
-    if op == "explain":
-        return _live_cam_message(explain_checkpoint(header["path"], int(header["mtime_ns"]), arrays["image"],
-                                                    header["method"], arrays.get("mask"), header["label"]))
-    if op == "segment":
-        return {"ok": "segment"}, {"mask": segment(header["stem"], int(header["mtime_ns"]), arrays["image"])}
-    raise ValueError(f"unknown request {op!r}")
+    if header.get("op") != "upload":
+        raise ValueError(f"unknown request {header.get('op')!r}")
+    segmenter = header.get("segmenter")
+    mask, results = explain_upload(arrays["image"], [(str(p), int(m), str(lab)) for p, m, lab in header["checkpoints"]],
+                                   str(header["method"]), arrays.get("mask"),
+                                   None if segmenter is None else (str(segmenter[0]), int(segmenter[1])))
+    out = {"mask": mask}
+    for i, res in enumerate(results):
+        out[f"cam{i}"] = None if res.cam is None else np.asarray(res.cam, dtype=np.float32)
+    return {"ok": "upload", "results": [_live_cam_fields(r) for r in results]}, out
 
 
 def serve(requests: BinaryIO, answers: BinaryIO) -> int:
@@ -250,22 +269,29 @@ class ModelWorker:
         finally:
             self._idle.put(process if process is not None and process.alive else None)
 
+    def explain_upload(self, image: np.ndarray, checkpoints: list[tuple[str, int, str]], method: str,
+                       lung_mask: np.ndarray | None = None, segmenter: tuple[str, int] | None = None,
+                       ) -> tuple[np.ndarray | None, list[live.LiveCam]]:
+        """`explain_upload` in a worker: one round trip for the mask and every checkpoint. Raises
+        WorkerFailed when the worker died while it held the request."""
+        if self.workers == 0:
+            return explain_upload(image, checkpoints, method, lung_mask, segmenter)
+        header = {"op": "upload", "checkpoints": [list(c) for c in checkpoints], "method": method,
+                  "segmenter": None if segmenter is None else list(segmenter)}
+        reply, arrays = self._request(header, {"image": image, "mask": lung_mask})
+        return arrays.get("mask"), [_live_cam_from(fields, arrays.get(f"cam{i}"))
+                                    for i, fields in enumerate(reply["results"])]
+
     def explain(self, path: str, mtime_ns: int, image: np.ndarray, method: str,
                 lung_mask: np.ndarray | None, label: str) -> live.LiveCam:
-        if self.workers == 0:
-            return explain_checkpoint(path, mtime_ns, image, method, lung_mask, label)
+        """One checkpoint's answer; a dead worker is this panel's error."""
         try:
-            reply, arrays = self._request({"op": "explain", "path": path, "mtime_ns": mtime_ns, "method": method,
-                                           "label": label}, {"image": image, "mask": lung_mask})
+            return self.explain_upload(image, [(path, mtime_ns, label)], method, lung_mask)[1][0]
         except WorkerFailed as exc:
             return live.LiveCam(label=label, classes=(), error=str(exc))
-        return _live_cam_from(reply, arrays)
 
     def segment(self, stem: str, mtime_ns: int, image: np.ndarray) -> np.ndarray | None:
-        if self.workers == 0:
-            return segment(stem, mtime_ns, image)
-        _, arrays = self._request({"op": "segment", "stem": stem, "mtime_ns": mtime_ns}, {"image": image})
-        return arrays.get("mask")
+        return self.explain_upload(image, [], "", segmenter=(stem, mtime_ns))[0]
 
     def pids(self) -> list[int]:
         """Process ids of the idle worker processes (a bench's memory accounting, tests)."""

@@ -76,15 +76,27 @@ def overlay(image: np.ndarray, cam: np.ndarray | None = None, *, opacity: float 
     readable instead of being washed in the colormap's low colour (a clinician must still see
     the marker the model may be looking at). Maps are min-max scaled for display only.
     """
-    rgb = to_rgb(image).astype(np.float32)
-    if cam is not None:
-        heat = resize_map(cam, rgb.shape[:2])
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    if cam is None:
+        out = np.array(to_rgb(image), dtype=np.uint8)  # a copy: the contour is drawn on it
+    else:
+        # float32, no separate round and clip passes: overlays ran twice per live CAM and were the
+        # server's largest Python cost once the models moved to a worker (bench/RESULTS.md)
+        heat = resize_map(cam, image.shape[:2])
         lo, hi = float(heat.min()), float(heat.max())
-        heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
-        colours = colormap_lut(colormap)[np.round(heat * 255).astype(np.uint8)].astype(np.float32)
-        alpha = (float(np.clip(opacity, 0.0, 1.0)) * heat)[..., None]
-        rgb = rgb * (1 - alpha) + colours * alpha
-    out = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+        if hi > lo:
+            heat -= lo
+            heat *= 1.0 / (hi - lo)
+        else:
+            heat[:] = 0.0
+        colours = colormap_lut(colormap).astype(np.float32)[np.rint(heat * 255).astype(np.uint8)]
+        alpha = (heat * float(np.clip(opacity, 0.0, 1.0)))[..., None]
+        base = (image[..., None] if image.ndim == 2 else image[..., :3]).astype(np.float32)
+        mixed = base * (1 - alpha) + colours * alpha  # a convex mix of 0-255 values: no clip needed
+        mixed += 0.5
+        out = mixed.astype(np.uint8)  # + 0.5 then truncation rounds (ties up, as np.rint almost does)
     if lung_mask is not None and lung_mask.shape == out.shape[:2] and lung_mask.any():
         out[contour(lung_mask, thickness=max(1, round(max(lung_mask.shape) / 200)))] = CONTOUR_RGB
     return out

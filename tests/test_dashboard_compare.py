@@ -109,6 +109,33 @@ def test_overlay_tints_only_where_the_map_is_hot():
     assert np.array_equal(render.overlay(image, cam, opacity=0.0), render.to_rgb(image))
 
 
+def _reference_overlay(image, cam, opacity, colormap):
+    """The overlay's formula written plainly (float64, rounded at the end): the picture must not
+    drift from it by more than one grey level whatever the fast path does."""
+    rgb = render.to_rgb(image).astype(np.float64)
+    heat = render.resize_map(cam, rgb.shape[:2]).astype(np.float64)
+    heat = (heat - heat.min()) / (heat.max() - heat.min())
+    colours = render.colormap_lut(colormap)[np.round(heat * 255).astype(np.uint8)].astype(np.float64)
+    alpha = opacity * heat[..., None]
+    return np.clip(np.round(rgb * (1 - alpha) + colours * alpha), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("opacity,colormap", [(0.45, "Jet"), (1.0, "Inferno"), (0.2, "Hot")])
+def test_overlay_equals_its_formula_on_gray_and_rgb_images(opacity, colormap):
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (70, 90), dtype=np.uint8)
+    cam = rng.random((5, 6)).astype(np.float32)
+    for image in (gray, np.dstack([gray, gray[::-1], 255 - gray])):
+        out = render.overlay(image, cam, opacity=opacity, colormap=colormap)
+        ref = _reference_overlay(image, cam, opacity, colormap)
+        assert out.shape == ref.shape == (70, 90, 3) and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - ref).max() <= 1
+    assert np.array_equal(render.overlay(gray, None), render.to_rgb(gray))
+    before = gray.copy()
+    render.overlay(gray, cam, lung_mask=np.ones_like(gray, bool))
+    assert np.array_equal(gray, before)  # the caller's (maybe cached, shared) image is never written
+
+
 def test_overlay_survives_constant_and_nan_maps():
     image = np.zeros((16, 16), np.uint8)
     for cam in (np.zeros((2, 2)), np.full((2, 2), np.nan)):

@@ -73,6 +73,20 @@ def test_worker_gives_the_in_process_answers(worker, assets):
     np.testing.assert_array_equal(worker.segment(stem, mtime, image), here.segment(stem, mtime, image))
 
 
+@pytest.mark.slow  # shares the module's worker process
+def test_one_request_gives_the_mask_and_every_model(worker, assets, tmp_path):
+    """The page's request: the mask from the segmenter, then each checkpoint with that mask."""
+    image, ck = assets["images"][1], (assets["checkpoint"], assets["mtime"])
+    mask, (a, b) = worker.explain_upload(image, [(*ck, "a"), (*ck, "b")], "gradcam",
+                                         segmenter=(str(SHIPPED_SEGMENTER), 0))
+    np.testing.assert_array_equal(mask, ModelWorker(0).segment(str(SHIPPED_SEGMENTER), 0, image))
+    _same(a, worker.explain(*ck, image, "gradcam", mask, "a"))
+    assert (a.label, b.label) == ("a", "b") and np.array_equal(a.cam, b.cam)
+    # a segmenter that cannot be loaded leaves the mask None; the CAMs still come, without lung mass
+    mask, (c,) = worker.explain_upload(image, [(*ck, "c")], "gradcam", segmenter=(str(tmp_path / "none"), 0))
+    assert mask is None and c.error == "" and c.cam is not None and c.lung_mass is None
+
+
 @pytest.mark.slow  # 8 threads on one worker: a few seconds on the 2-core box
 def test_sessions_sharing_one_worker_get_their_own_maps(worker, assets):
     requests = [(image, method) for image in assets["images"] for method in ("hirescam@stride16", "gradcam")]

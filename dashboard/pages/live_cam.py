@@ -70,16 +70,26 @@ if image_key not in kept:
         st.stop()
 image = kept[image_key]
 
-worker = cache.model_worker(cfg.live_workers)  # the models run there, beside this session's thread
 segmenter, segmenter_note = cache.segmenter_for(cfg)
 mask_key = ("mask", digest)
-if mask_key not in kept:
+# what this upload still lacks (its lung mask, the chosen models' answers for this method) comes
+# from the model worker in one request, beside this session's thread (dashboard/model_worker.py)
+missing = [path for path in chosen if (digest, path, method) not in kept]
+worker_error = ""
+started = time.perf_counter()
+if missing or mask_key not in kept:
+    needs_mask = mask_key not in kept and segmenter is not None
     try:
-        kept[mask_key] = None if segmenter is None else worker.segment(*cache.segmenter_stamp(cfg), image)
-    except Exception:  # a segmenter failure must not hide the CAMs
-        log.exception("lung segmentation failed")
-        kept[mask_key] = None
-mask = kept[mask_key]
+        mask, answers = cache.model_worker(cfg.live_workers).explain_upload(
+            image, [(path, Path(path).stat().st_mtime_ns, views.checkpoint_label(by_path[path])) for path in missing],
+            method, kept.get(mask_key), cache.segmenter_stamp(cfg) if needs_mask else None)
+        kept[mask_key] = mask
+        kept.update({(digest, path, method): res for path, res in zip(missing, answers)})
+    except Exception as exc:  # a dead worker: say so on every panel, keep nothing, the next rerun retries
+        log.exception("live CAM request failed")
+        worker_error = str(exc)
+elapsed = time.perf_counter() - started
+mask = kept.get(mask_key)
 share = float(mask.mean()) if mask is not None and mask.any() else None
 
 left, right = st.columns([1, 3.2])
@@ -99,20 +109,9 @@ with left:
 with right:
     if not chosen:
         st.info("Choose one or more models above.")
-    results = []
-    started = time.perf_counter()
-    for path in chosen:
-        key = (digest, path, method)
-        if key not in kept:
-            meta = by_path[path]
-            try:
-                kept[key] = worker.explain(path, Path(path).stat().st_mtime_ns, image, method, mask,
-                                           views.checkpoint_label(meta))
-            except Exception as exc:  # a broken checkpoint is one panel's problem
-                log.exception("checkpoint %s failed", path)
-                kept[key] = live.LiveCam(label=views.checkpoint_label(meta), classes=(), error=str(exc))
-        results.append(kept[key])
-    elapsed = time.perf_counter() - started
+    results = [kept.get((digest, path, method)) or live.LiveCam(label=views.checkpoint_label(by_path[path]),
+                                                                 classes=(), error=worker_error)
+               for path in chosen]
     # evict the oldest entries of other uploads first: this upload's image and mask stay
     for old in [k for k in kept if digest not in k][:max(0, len(kept) - MAX_KEPT_RESULTS)]:
         kept.pop(old)
