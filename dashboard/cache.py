@@ -203,16 +203,13 @@ def checkpoints(folder: Path) -> list[dict]:
     return _checkpoints(str(folder), stamp)
 
 
-@st.cache_resource(show_spinner=False)
 def model_worker(workers: int):
-    """The live CAM's model work (dashboard/model_worker.py): `workers` processes, started now so
-    their imports are done before the first upload. One object per server, shared by every
-    session; its submit is thread-safe and it loads each checkpoint once (path, mtime)."""
-    from dashboard.model_worker import ModelWorker
+    """The live CAM's model work (dashboard/model_worker.py): the server's one ModelWorker with
+    `workers` processes, shared by every session (its requests are thread-safe; it loads each
+    checkpoint once per path and mtime). Started at launch by dashboard/serve.py, else here."""
+    from dashboard.model_worker import shared
 
-    worker = ModelWorker(workers)
-    worker.start()
-    return worker
+    return shared(workers)
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)

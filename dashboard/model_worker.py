@@ -309,6 +309,22 @@ class ModelWorker:
             self._idle.put(None)
 
 
+_SHARED: dict[int, ModelWorker] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared(workers: int) -> ModelWorker:
+    """This process's one ModelWorker for `workers`, started: the server's, which every session
+    uses. dashboard/serve.py asks for it at launch, so the workers import torch while the server
+    waits for its first visitor; the pages get the same object through dashboard/cache.py."""
+    with _SHARED_LOCK:
+        worker = _SHARED.get(workers)
+        if worker is None:
+            worker = _SHARED[workers] = ModelWorker(workers)
+    worker.start()
+    return worker
+
+
 def main() -> int:
     answers = os.fdopen(os.dup(1), "wb")  # messages only: fd 1 now points at stderr, so stray prints
     os.dup2(2, 1)                         # from a library cannot corrupt the stream

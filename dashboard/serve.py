@@ -6,7 +6,8 @@ would otherwise share the cores with ~6.5 s of imports (torch, the model zoo, py
 measured on the 2-core box). Under 10 sessions at once that import got a tenth of the
 interpreter and took ~25 s, and every live CAM waited for it (bench/RESULTS.md, dashboard load).
 Started here, it runs while the server comes up and waits for its first visitor; app.py's own
-`live.warm_up()` then finds it under way (one per process).
+`live.warm_up()` then finds it under way (one per process). The live CAM's model worker processes
+(dashboard/model_worker.py) are started here for the same reason: the pages get the same one.
 
     python -m dashboard.serve run APP [streamlit flags] -- [app arguments]   # what the launcher execs
 """
@@ -16,13 +17,17 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dashboard import live
+    from dashboard import live, model_worker
+    from dashboard.settings import resolve_settings
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     live.warm_up()  # a daemon thread: it never holds the server up
+    app_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    model_worker.shared(resolve_settings(app_args).live_workers)  # its processes start importing now
     from streamlit.web import cli
 
     # what `python -m streamlit` does (streamlit/__main__.py), with our arguments
-    return cli.main.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="streamlit")
+    return cli.main.main(args=argv, prog_name="streamlit")
 
 
 if __name__ == "__main__":

@@ -53,8 +53,16 @@ def test_server_process_starts_the_imports_before_streamlit(monkeypatch):
     which gets the arguments unchanged."""
     from streamlit.web import cli
 
-    from dashboard import live, serve
+    from dashboard import live, model_worker, serve
 
+    spawned = []
+
+    class FakeProcess:  # what would be a worker subprocess importing torch
+        def __init__(self):
+            spawned.append(self)
+
+    monkeypatch.setattr(model_worker, "_SHARED", {})
+    monkeypatch.setattr(model_worker, "_Process", FakeProcess)
     seen = []
     monkeypatch.setattr(live, "_warm_thread", None)
     monkeypatch.setattr(live, "_import_all", lambda: None)  # the thread, not the imports, is under test
@@ -65,6 +73,10 @@ def test_server_process_starts_the_imports_before_streamlit(monkeypatch):
     assert args == ["run", "app.py", "--server.port", "1", "--", "--db", "r.duckdb"] and prog == "streamlit"
     assert thread is not None and thread.name == "live-cam-warm-up"
     assert live.warm_up() is thread  # app.py's own call finds it: one per process
+    assert len(spawned) == 1  # the live CAM's worker process was started at launch (settings.LIVE_WORKERS)
+    assert model_worker.shared(1) is model_worker._SHARED[1] and len(spawned) == 1  # the pages get that one
+    serve.main(["run", "app.py", "--", "--db", "r.duckdb", "--live-workers", "0"])
+    assert len(spawned) == 1 and 0 in model_worker._SHARED  # 0: no process, the models run in the server
 
 
 def test_launcher_serves_without_per_run_gc_and_with_one_torch_thread_by_default():
