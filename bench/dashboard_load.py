@@ -77,15 +77,15 @@ def child_pids(pid: int) -> list[int]:
 
 def workers_usage(pid: int) -> dict:
     """CPU seconds and memory (MB) of the server's worker processes, summed."""
-    cpu, hwm, rss = 0.0, 0.0, 0.0
+    cpu, hwm, rss, seen = 0.0, 0.0, 0.0, 0
     for child in child_pids(pid):
         try:
             cpu += cpu_seconds(child)
             mem = peak_rss_mb(child)
         except OSError:  # it ended between the listing and the read
             continue
-        hwm, rss = hwm + mem.get("VmHWM", 0.0), rss + mem.get("VmRSS", 0.0)
-    return {"processes": len(child_pids(pid)), "cpu_s": cpu, "VmHWM": round(hwm, 1), "VmRSS": round(rss, 1)}
+        hwm, rss, seen = hwm + mem.get("VmHWM", 0.0), rss + mem.get("VmRSS", 0.0), seen + 1
+    return {"processes": seen, "cpu_s": cpu, "VmHWM": round(hwm, 1), "VmRSS": round(rss, 1)}
 
 
 class Session:

@@ -1,10 +1,10 @@
 """Live-CAM model work in worker processes, so it runs beside the server's Python, not under its GIL.
 
 Streamlit serves every browser session from threads of one process. A live CAM is mostly torch
-(the classifier's forward and backward, the lung segmenter), and each of its ~100 torch calls
-gives the GIL back and must take it again from the sessions' Python (queries, tables, pictures).
-Measured on the 2-core box with 10 sessions at once, the server used ~1.2 of its 2 cores and a
-live CAM took ~10x its time alone (bench/RESULTS.md, dashboard load). In a worker process the
+(the classifier's forward and backward, the lung segmenter), and each torch call gives the GIL
+back and must take it again from the sessions' Python (queries, tables, pictures). Measured on
+the 2-core box with 10 sessions at once, the server used 1.1-1.25 of its 2 cores and a live CAM
+took 10-15x its time alone (bench/RESULTS.md, dashboard load; bench/gil_convoy.py). In a worker process the
 model work has its own interpreter and the other core; the session's thread only waits on a pipe.
 
 `ModelWorker` is what the server holds (one per process, dashboard/cache.py). It is thread-safe:
@@ -235,7 +235,7 @@ class _Process:
 
 
 class ModelWorker:
-    """Runs `explain_checkpoint` and `segment` in `workers` processes (0: in the calling thread).
+    """Runs `explain_upload` in `workers` processes (0: in the calling thread).
 
     Safe to share between sessions: each request holds one idle process for its duration.
     """
@@ -282,19 +282,8 @@ class ModelWorker:
         return arrays.get("mask"), [_live_cam_from(fields, arrays.get(f"cam{i}"))
                                     for i, fields in enumerate(reply["results"])]
 
-    def explain(self, path: str, mtime_ns: int, image: np.ndarray, method: str,
-                lung_mask: np.ndarray | None, label: str) -> live.LiveCam:
-        """One checkpoint's answer; a dead worker is this panel's error."""
-        try:
-            return self.explain_upload(image, [(path, mtime_ns, label)], method, lung_mask)[1][0]
-        except WorkerFailed as exc:
-            return live.LiveCam(label=label, classes=(), error=str(exc))
-
-    def segment(self, stem: str, mtime_ns: int, image: np.ndarray) -> np.ndarray | None:
-        return self.explain_upload(image, [], "", segmenter=(stem, mtime_ns))[0]
-
     def pids(self) -> list[int]:
-        """Process ids of the idle worker processes (a bench's memory accounting, tests)."""
+        """Process ids of the idle worker processes (tests)."""
         return [p.proc.pid for p in list(self._idle.queue) if p is not None and p.alive]
 
     def close(self) -> None:

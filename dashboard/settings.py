@@ -94,7 +94,10 @@ def resolve_settings(argv: Sequence[str] | None = None, environ: Mapping[str, st
 
 
 def _int_setting(explicit: int | None, env: str, environ, default: int) -> int:
-    value = paths.setting(None if explicit is None else str(explicit), env, environ)
+    """The flag's value, else the environment variable's (a whole number), else `default`."""
+    if explicit is not None:
+        return explicit
+    value = paths.setting(None, env, environ)
     if value is None:
         return default
     try:

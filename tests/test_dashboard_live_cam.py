@@ -73,6 +73,27 @@ def test_upload_real_xray_shows_each_model_and_its_cam(app_env, real_xray):
 
 
 @pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+def test_a_dead_model_worker_is_said_on_every_panel_and_the_next_rerun_asks_again(app_env, real_xray, monkeypatch):
+    from dashboard import model_worker
+
+    calls = []
+
+    class DeadWorker:
+        def explain_upload(self, *args):
+            calls.append(args)
+            raise model_worker.WorkerFailed("the model worker process stopped (exit code -9; out of memory?)")
+
+    monkeypatch.setattr(model_worker, "shared", lambda workers: DeadWorker())
+    at = _upload(open_page(PAGE), real_xray.name, real_xray.read_bytes())
+    assert not at.exception and not _predictions(at)
+    warnings = [w.value for w in at.warning if "worker process stopped" in w.value]
+    assert len(warnings) == 2  # one per chosen model
+    assert len(at.image) == 1  # the upload still shows, without overlays
+    at.run()  # nothing was kept: the rerun asks the worker again
+    assert len(calls) == 2 and len(calls[1][1]) == 2
+
+
+@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
 def test_corrupt_upload_gets_a_message_and_the_app_stays_up(app_env, real_xray):
     at = open_page(PAGE)
     data = real_xray.read_bytes()

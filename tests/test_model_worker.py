@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from benchmark.paths import SHIPPED_SEGMENTER
-from dashboard.model_worker import ModelWorker, receive_message, send_message
+from dashboard.model_worker import ModelWorker, WorkerFailed, receive_message, send_message
 from tests.fixtures_db import lung_mask, make_checkpoint, xray_image
 
 
@@ -29,6 +29,15 @@ def worker():
     w.start()
     yield w
     w.close()
+
+
+def _explain(w, path, mtime, image, method, mask, label):
+    """One checkpoint's answer through the page's request (ModelWorker.explain_upload)."""
+    return w.explain_upload(image, [(path, mtime, label)], method, mask)[1][0]
+
+
+def _segment(w, stem, mtime, image):
+    return w.explain_upload(image, [], "", segmenter=(stem, mtime))[0]
 
 
 def _same(a, b):
@@ -67,10 +76,10 @@ def test_worker_gives_the_in_process_answers(worker, assets):
     for method in ("hirescam@stride16", "gradcam", "cam"):
         for image in assets["images"][:2]:
             args = (assets["checkpoint"], assets["mtime"], image, method, assets["mask"], "m")
-            _same(worker.explain(*args), here.explain(*args))
+            _same(_explain(worker, *args), _explain(here, *args))
     stem, mtime = str(SHIPPED_SEGMENTER), 0
     image = assets["images"][0]
-    np.testing.assert_array_equal(worker.segment(stem, mtime, image), here.segment(stem, mtime, image))
+    np.testing.assert_array_equal(_segment(worker, stem, mtime, image), _segment(here, stem, mtime, image))
 
 
 @pytest.mark.slow  # shares the module's worker process
@@ -79,8 +88,8 @@ def test_one_request_gives_the_mask_and_every_model(worker, assets, tmp_path):
     image, ck = assets["images"][1], (assets["checkpoint"], assets["mtime"])
     mask, (a, b) = worker.explain_upload(image, [(*ck, "a"), (*ck, "b")], "gradcam",
                                          segmenter=(str(SHIPPED_SEGMENTER), 0))
-    np.testing.assert_array_equal(mask, ModelWorker(0).segment(str(SHIPPED_SEGMENTER), 0, image))
-    _same(a, worker.explain(*ck, image, "gradcam", mask, "a"))
+    np.testing.assert_array_equal(mask, _segment(ModelWorker(0), str(SHIPPED_SEGMENTER), 0, image))
+    _same(a, _explain(worker, *ck, image, "gradcam", mask, "a"))
     assert (a.label, b.label) == ("a", "b") and np.array_equal(a.cam, b.cam)
     # a segmenter that cannot be loaded leaves the mask None; the CAMs still come, without lung mass
     mask, (c,) = worker.explain_upload(image, [(*ck, "c")], "gradcam", segmenter=(str(tmp_path / "none"), 0))
@@ -90,7 +99,7 @@ def test_one_request_gives_the_mask_and_every_model(worker, assets, tmp_path):
 @pytest.mark.slow  # 8 threads on one worker: a few seconds on the 2-core box
 def test_sessions_sharing_one_worker_get_their_own_maps(worker, assets):
     requests = [(image, method) for image in assets["images"] for method in ("hirescam@stride16", "gradcam")]
-    alone = [worker.explain(assets["checkpoint"], assets["mtime"], img, m, assets["mask"], f"r{i}")
+    alone = [_explain(worker, assets["checkpoint"], assets["mtime"], img, m, assets["mask"], f"r{i}")
              for i, (img, m) in enumerate(requests)]
     got: dict[int, object] = {}
     start = threading.Barrier(8)
@@ -99,7 +108,7 @@ def test_sessions_sharing_one_worker_get_their_own_maps(worker, assets):
         start.wait()
         for i in range(k, len(requests), 8):
             img, m = requests[i]
-            got[i] = worker.explain(assets["checkpoint"], assets["mtime"], img, m, assets["mask"], f"r{i}")
+            got[i] = _explain(worker, assets["checkpoint"], assets["mtime"], img, m, assets["mask"], f"r{i}")
 
     threads = [threading.Thread(target=session, args=(k,)) for k in range(8)]
     for t in threads:
@@ -114,11 +123,11 @@ def test_sessions_sharing_one_worker_get_their_own_maps(worker, assets):
 def test_a_bad_checkpoint_or_method_is_one_panels_error_and_the_worker_stays(worker, assets, tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a checkpoint")
-    res = worker.explain(str(broken), 1, assets["images"][0], "gradcam", None, "broken")
+    res = _explain(worker, str(broken), 1, assets["images"][0], "gradcam", None, "broken")
     assert res.error and res.label == "broken" and res.cam is None
-    res = worker.explain(assets["checkpoint"], assets["mtime"], assets["images"][0], "no-such-method", None, "m")
+    res = _explain(worker, assets["checkpoint"], assets["mtime"], assets["images"][0], "no-such-method", None, "m")
     assert "no-such-method" in res.error
-    good = worker.explain(assets["checkpoint"], assets["mtime"], assets["images"][0], "gradcam", None, "m")
+    good = _explain(worker, assets["checkpoint"], assets["mtime"], assets["images"][0], "gradcam", None, "m")
     assert good.error == "" and good.cam is not None and good.lung_mass is None  # no mask, no lung mass
 
 
@@ -127,13 +136,13 @@ def test_a_worker_that_dies_fails_its_request_clearly_and_is_replaced(assets):
     w = ModelWorker(1)
     try:
         args = (assets["checkpoint"], assets["mtime"], assets["images"][0], "gradcam", assets["mask"], "m")
-        first = w.explain(*args)
+        first = _explain(w, *args)
         assert first.error == ""
         (pid,) = w.pids()
         os.kill(pid, signal.SIGKILL)  # as the OOM killer would
-        failed = w.explain(*args)
-        assert "worker process stopped" in failed.error and failed.cam is None
-        again = w.explain(*args)  # a new process answers
+        with pytest.raises(WorkerFailed, match="worker process stopped"):
+            _explain(w, *args)  # the page shows this on every panel (test_dashboard_live_cam)
+        again = _explain(w, *args)  # a new process answers
         _same(again, first)
         assert w.pids() and w.pids() != [pid]
     finally:
