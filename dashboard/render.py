@@ -31,6 +31,25 @@ def colormap_lut(name: str) -> np.ndarray:
     return np.round(np.asarray(colours) * 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=64)
+def _blend_table(colormap: str, opacity: float) -> np.ndarray:
+    grey = np.arange(256, dtype=np.float64)[:, None, None]
+    level = np.arange(256, dtype=np.float64)[None, :, None]
+    alpha = opacity * level / 255.0
+    colours = colormap_lut(colormap).astype(np.float64)[None, :, :]
+    table = np.floor(grey * (1 - alpha) + colours * alpha + 0.5).astype(np.uint8).reshape(256 * 256, 3)
+    table.setflags(write=False)  # shared by every session's thread
+    return table
+
+
+def blend_table(colormap: str, opacity: float) -> np.ndarray:
+    """(256 * 256) x 3 uint8, read-only: row `grey * 256 + level` is the overlay's colour for an
+    X-ray pixel of `grey` under a map at 8-bit `level`: `grey * (1 - a) + colour(level) * a`,
+    a = opacity * level / 255, rounded. Within one grey level of the formula with the map's own
+    (unquantised) value: the level moves a by at most opacity / 510 (tests/test_dashboard_compare.py)."""
+    return _blend_table(colormap, float(np.clip(opacity, 0.0, 1.0)))
+
+
 def resize_map(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear upsampling of a layer-resolution map to (H, W) for display (align_corners=False).
 
@@ -82,21 +101,31 @@ def overlay(image: np.ndarray, cam: np.ndarray | None = None, *, opacity: float 
     if cam is None:
         out = np.array(to_rgb(image), dtype=np.uint8)  # a copy: the contour is drawn on it
     else:
-        # float32, no separate round and clip passes: overlays ran twice per live CAM and were the
-        # server's largest Python cost once the models moved to a worker (bench/RESULTS.md)
         heat = resize_map(cam, image.shape[:2])
         lo, hi = float(heat.min()), float(heat.max())
-        if hi > lo:
+        if hi > lo:  # min-max to 0-255, rounded (+ 0.5, then truncation), as 8-bit levels
             heat -= lo
-            heat *= 1.0 / (hi - lo)
+            heat *= 255.0 / (hi - lo)
+            heat += 0.5
+            level = heat.astype(np.uint16)
         else:
-            heat[:] = 0.0
-        colours = colormap_lut(colormap).astype(np.float32)[np.rint(heat * 255).astype(np.uint8)]
-        alpha = (heat * float(np.clip(opacity, 0.0, 1.0)))[..., None]
-        base = (image[..., None] if image.ndim == 2 else image[..., :3]).astype(np.float32)
-        mixed = base * (1 - alpha) + colours * alpha  # a convex mix of 0-255 values: no clip needed
-        mixed += 0.5
-        out = mixed.astype(np.uint8)  # + 0.5 then truncation rounds (ties up, as np.rint almost does)
+            level = np.zeros(heat.shape, np.uint16)
+        # every (grey, map level) pair's blended colour is looked up, not computed per pixel: the
+        # overlays were the server's largest Python cost once the models moved to a worker
+        # (bench/RESULTS.md); one gather per channel instead of a dozen float passes
+        table = blend_table(colormap, opacity)
+        if image.ndim == 2:
+            index = image.astype(np.uint16)
+            index <<= 8
+            index |= level
+            out = table[index]
+        else:
+            out = np.empty((*image.shape[:2], 3), np.uint8)
+            for ch in range(3):
+                index = image[..., ch].astype(np.uint16)
+                index <<= 8
+                index |= level
+                out[..., ch] = table[index, ch]
     if lung_mask is not None and lung_mask.shape == out.shape[:2] and lung_mask.any():
         out[contour(lung_mask, thickness=max(1, round(max(lung_mask.shape) / 200)))] = CONTOUR_RGB
     return out

@@ -131,6 +131,8 @@ def test_overlay_equals_its_formula_on_gray_and_rgb_images(opacity, colormap):
         assert out.shape == ref.shape == (70, 90, 3) and out.dtype == np.uint8
         assert np.abs(out.astype(int) - ref).max() <= 1
     assert np.array_equal(render.overlay(gray, None), render.to_rgb(gray))
+    table = render.blend_table(colormap, opacity)
+    assert table is render.blend_table(colormap, opacity) and not table.flags.writeable  # one, shared, read-only
     before = gray.copy()
     render.overlay(gray, cam, lung_mask=np.ones_like(gray, bool))
     assert np.array_equal(gray, before)  # the caller's (maybe cached, shared) image is never written
