@@ -270,13 +270,11 @@ def free_port() -> int:
 
 def start_server(db: Path, checkpoints: Path, port: int, log_file: Path) -> subprocess.Popen:
     """The server exactly as `python -m dashboard` starts it (its command, environment and folder),
-    on 127.0.0.1:`port`, with streamlit's file watcher off (nothing is edited during a run)."""
+    on 127.0.0.1:`port`."""
     from dashboard.__main__ import SERVE_FROM, build_parser, server_environment, streamlit_command
 
     cmd = streamlit_command(build_parser().parse_args(["--db", str(db), "--checkpoints", str(checkpoints),
                                                        "--port", str(port), "--host", "127.0.0.1"]))
-    app_args = cmd.index("--")
-    cmd[app_args:app_args] = ["--server.fileWatcherType", "none"]
     proc = subprocess.Popen(cmd, cwd=SERVE_FROM, env=server_environment(), stdout=log_file.open("w"),
                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180

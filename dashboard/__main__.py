@@ -47,7 +47,12 @@ def streamlit_command(args: argparse.Namespace) -> list[str]:
            "--server.enableXsrfProtection", "true", "--server.enableCORS", "true",
            "--browser.gatherUsageStats", "false",
            # no full gc.collect after every script run (.streamlit/config.toml says why)
-           "--runner.postScriptGC", "false", "--", "--db", str(db)]
+           "--runner.postScriptGC", "false",
+           # no source watcher: a served dashboard's code does not change under it, and the watcher
+           # walked every imported module's path (thousands, with torch) on the server's event loop
+           # after every script run of every session: 10% of the server's py-spy samples under 10
+           # sessions (bench/RESULTS.md). `streamlit run dashboard/app.py` still reloads on save.
+           "--server.fileWatcherType", "none", "--", "--db", str(db)]
     checkpoints = paths.checkpoints_dir(args.checkpoints)
     cmd += ["--checkpoints", str(Path(checkpoints).resolve())]  # relative to the caller, not the repo
     if args.segmenter:

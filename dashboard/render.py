@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -82,18 +83,37 @@ def contour(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
     return edge
 
 
+@dataclass(frozen=True)
+class Outline:
+    """Where the lung contour is drawn on a picture of `shape`: flat pixel indices."""
+
+    shape: tuple[int, int]
+    index: np.ndarray
+
+
+def lung_outline(mask: np.ndarray | None) -> Outline | None:
+    """The contour overlays draw for `mask` (None without a mask or lungs): made once per mask and
+    handed to each of its overlays (a page draws one X-ray under several models' maps)."""
+    if mask is None or not mask.any():
+        return None
+    edge = contour(mask, thickness=max(1, round(max(mask.shape) / 200)))
+    return Outline(shape=tuple(mask.shape), index=np.flatnonzero(edge))
+
+
 def to_rgb(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
 
 
 def overlay(image: np.ndarray, cam: np.ndarray | None = None, *, opacity: float = 0.45,
-            colormap: str = "Jet", lung_mask: np.ndarray | None = None) -> np.ndarray:
+            colormap: str = "Jet", lung_mask: np.ndarray | None = None,
+            outline: Outline | None = None) -> np.ndarray:
     """RGB uint8 picture: the X-ray, its CAM (any resolution) and the lung contour.
 
     Each pixel's tint is `opacity` x the map's value there, so cold regions keep the X-ray
     readable instead of being washed in the colormap's low colour (a clinician must still see
-    the marker the model may be looking at). Maps are min-max scaled for display only.
+    the marker the model may be looking at). Maps are min-max scaled for display only. The lung
+    contour comes from `outline` (lung_outline, made once per mask) or else from `lung_mask`.
     """
     image = np.asarray(image)
     if image.dtype != np.uint8:
@@ -126,8 +146,10 @@ def overlay(image: np.ndarray, cam: np.ndarray | None = None, *, opacity: float 
                 index <<= 8
                 index |= level
                 out[..., ch] = table[index, ch]
-    if lung_mask is not None and lung_mask.shape == out.shape[:2] and lung_mask.any():
-        out[contour(lung_mask, thickness=max(1, round(max(lung_mask.shape) / 200)))] = CONTOUR_RGB
+    if outline is None and lung_mask is not None:
+        outline = lung_outline(lung_mask)
+    if outline is not None and outline.shape == out.shape[:2]:
+        out.reshape(-1, 3)[outline.index] = CONTOUR_RGB
     return out
 
 

@@ -79,9 +79,11 @@ def test_server_process_starts_the_imports_before_streamlit(monkeypatch):
     assert len(spawned) == 1 and 0 in model_worker._SHARED  # 0: no process, the models run in the server
 
 
-def test_launcher_serves_without_per_run_gc_and_with_one_torch_thread_by_default():
+def test_launcher_serves_without_per_run_gc_or_source_watcher_and_with_one_torch_thread_by_default():
     cmd = launcher.streamlit_command(launcher.build_parser().parse_args([]))
-    assert cmd[cmd.index("--runner.postScriptGC") + 1] == "false"
+    streamlit_flags = cmd[:cmd.index("--")]  # the app's own arguments follow "--"
+    assert streamlit_flags[streamlit_flags.index("--runner.postScriptGC") + 1] == "false"
+    assert streamlit_flags[streamlit_flags.index("--server.fileWatcherType") + 1] == "none"
     assert launcher.server_environment({})["OMP_NUM_THREADS"] == "1"
     assert launcher.server_environment({"OMP_NUM_THREADS": "4", "HOME": "/h"}) == {"OMP_NUM_THREADS": "4",
                                                                                   "HOME": "/h"}

@@ -171,6 +171,14 @@ def test_contour_is_the_mask_boundary():
     assert edge.sum() == 20 and not edge[4, 4] and edge[2, 2] and not edge[0, 0]
     out = render.overlay(np.zeros((10, 10), np.uint8), None, lung_mask=mask)
     assert tuple(out[2, 5]) == render.CONTOUR_RGB and tuple(out[5, 5]) == (0, 0, 0)
+    # the outline made once per mask draws the same contour on every overlay of that X-ray
+    outline = render.lung_outline(mask)
+    cam = np.random.default_rng(0).random((3, 3)).astype(np.float32)
+    image = np.full((10, 10), 90, np.uint8)
+    assert np.array_equal(render.overlay(image, cam, outline=outline), render.overlay(image, cam, lung_mask=mask))
+    assert np.array_equal(render.overlay(np.zeros((12, 12), np.uint8), None, outline=outline),
+                          np.zeros((12, 12, 3), np.uint8))  # another picture's size: not drawn
+    assert render.lung_outline(np.zeros((10, 10), bool)) is None and render.lung_outline(None) is None
 
 
 def test_resize_map_matches_torch_bilinear():

@@ -87,8 +87,6 @@ def test_the_real_server_listens_on_loopback_only_and_refuses_uploads_without_a_
     args = launcher.build_parser().parse_args(["--db", str(tmp_path / "r.duckdb"), "--port", str(port),
                                                "--checkpoints", str(tmp_path / "ckpts")])
     cmd = launcher.streamlit_command(args)
-    sep = cmd.index("--")  # streamlit's own flags end here; the app's begin
-    cmd = cmd[:sep] + ["--server.fileWatcherType", "none"] + cmd[sep:]
     proc = subprocess.Popen(cmd, cwd=launcher.SERVE_FROM, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://localhost:{port}"
     try:

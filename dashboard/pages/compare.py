@@ -117,6 +117,7 @@ st.session_state["_cmp_applied"] = {k: st.query_params.get(k) for k in QP_TO_STA
 
 st.divider()
 tiles = []  # (title, picture, caption lines): the comparison as one PNG
+outline = render.lung_outline(mask) if show_contour else None  # one contour for every panel of this X-ray
 left, right = st.columns([1, 3.2])
 with left:
     st.markdown(f"**True class: {row['label']}**")
@@ -128,7 +129,7 @@ with left:
     if picture is None:
         st.warning("The image file is not on this machine (set $CXR_DATA to the data pack).")
     else:
-        xray = render.overlay(picture, None, lung_mask=mask if show_contour else None)
+        xray = render.overlay(picture, None, outline=outline)
         st.image(render.picture(xray), width="stretch",
                  caption="X-ray" + (" with lung contour" if mask is not None and show_contour else ""))
         tiles.append((f"true class: {row['label']}", xray, [" · ".join(facts)[:60], image_id[-40:]]))
@@ -146,8 +147,7 @@ with right:
                 cam = None if cam_row is None else views.cam_from_row(cam_row)
                 shown = None
                 if picture is not None:
-                    shown = render.overlay(picture, cam, opacity=opacity, colormap=colormap,
-                                           lung_mask=mask if show_contour else None)
+                    shown = render.overlay(picture, cam, opacity=opacity, colormap=colormap, outline=outline)
                     st.image(render.picture(shown), width="stretch")
                 verdict = ":green[correct]" if p.pred == p.label else ":red[wrong]"
                 st.markdown(f"pred **{p.pred}** ({p.confidence:.2f}) {verdict}")

@@ -92,9 +92,10 @@ elapsed = time.perf_counter() - started
 mask = kept.get(mask_key)
 share = float(mask.mean()) if mask is not None and mask.any() else None
 
+outline = render.lung_outline(mask) if show_contour else None  # one contour for every panel of this upload
 left, right = st.columns([1, 3.2])
 with left:
-    st.image(render.picture(render.overlay(image, None, lung_mask=mask if show_contour else None)),
+    st.image(render.picture(render.overlay(image, None, outline=outline)),
              width="stretch", caption=f"upload, {image.shape[1]} x {image.shape[0]} px as read" + (
                  " (green: predicted lungs)" if mask is not None and mask.any() and show_contour else ""))
     if segmenter is None:
@@ -129,7 +130,7 @@ with right:
                     st.warning(res.error)
                     continue
                 st.image(render.picture(render.overlay(image, res.cam, opacity=opacity, colormap=colormap,
-                                                       lung_mask=mask if show_contour else None)),
+                                                       outline=outline)),
                          width="stretch")
                 st.markdown(f"pred **{res.pred}** ({res.confidence:.2f})")
                 for cls, p in zip(res.classes, res.probs):  # native bars: a plotly figure per panel cost
