@@ -10,7 +10,8 @@ import streamlit as st
 from dashboard import cache, common, live
 
 st.set_page_config(page_title="CXR shortcut audit", page_icon=":material/radiology:", layout="wide")
-live.warm_up()  # torch and the model zoo load in the background while the first page draws
+if cache.settings().live_workers == 0:  # models in the server's threads: torch and the model zoo load
+    live.warm_up()                       # in the background while the first page draws
 cache.model_worker(cache.settings().live_workers)  # the live CAM's worker starts with the first session
 
 PAGES = [

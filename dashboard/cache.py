@@ -186,21 +186,21 @@ def _mtime_ns(path: Path) -> int:
 
 
 @st.cache_data(ttl=QUERY_TTL_S, max_entries=16, show_spinner=False)
-def _checkpoints(folder: str, stamp: tuple) -> list[dict]:
-    from benchmark.training.checkpoints import list_checkpoints
-
-    return views.rank_checkpoints(list_checkpoints(folder))
+def _checkpoints(folder: str, stamp: tuple, workers: int) -> list[dict]:
+    return views.rank_checkpoints(model_worker(workers).checkpoints(folder))
 
 
 def checkpoints(folder: Path) -> list[dict]:
     """The classifier checkpoints under `folder` (sidecars read and validated, best first), read
     again only when a checkpoint file appears, goes or changes: the live CAM page asks on every
-    rerun, and validating every sidecar each time showed up under load."""
+    rerun, and validating every sidecar each time showed up under load. Validated where the models
+    run (the model registry needs torch; a server with workers imports none); raises WorkerFailed
+    (not cached) when the worker is down."""
     if not folder.is_dir():
         return []
     stamp = tuple(sorted((str(f), _mtime_ns(f)) for f in folder.rglob("*")
                          if f.suffix in (".json", ".safetensors")))
-    return _checkpoints(str(folder), stamp)
+    return _checkpoints(str(folder), stamp, settings().live_workers)
 
 
 def model_worker(workers: int):
@@ -212,28 +212,6 @@ def model_worker(workers: int):
     return shared(workers)
 
 
-@st.cache_resource(max_entries=2, show_spinner=False)
-def load_segmenter(stem: str, mtime_ns: int):
-    """(segmenter or None, note): with a segmenter, which one it is and its held-out Dice; without,
-    the reason (only a --segmenter / $CXR_LUNG_SEGMENTER path that does not exist, or a damaged
-    file: the package ships one)."""
-    from benchmark import paths
-    from benchmark.errors import BenchmarkError, WeightsMissingError
-    from benchmark.lungseg import load_segmenter as load
-
-    try:
-        model, meta = load(stem)
-    except WeightsMissingError:
-        return None, (f"No lung segmenter at {stem}, so CAMs are shown without lung_mass. Fix the path, leave "
-                      f"--segmenter and ${paths.ENV_SEGMENTER} unset to use the segmenter shipped in the package, "
-                      "or train one with `python -m benchmark lungs train`.")
-    except (BenchmarkError, OSError, ValueError, KeyError) as exc:
-        return None, f"The lung segmenter could not be loaded ({exc}); CAMs are shown without lung_mass."
-    which = "the segmenter shipped in the package" if Path(stem) == paths.SHIPPED_SEGMENTER else f"segmenter {stem}"
-    dice = meta.get("heldout_cohen_dice_native")
-    return model, f"Lung mask from {which}" + (f" (held-out cohen Dice {dice:.3f})." if dice is not None else ".")
-
-
 def segmenter_stamp(cfg: DashboardSettings) -> tuple[str, int]:
     """(stem, weights mtime_ns or 0) of the segmenter in use: the key a retrained one reloads by."""
     stem = cfg.segmenter
@@ -241,8 +219,16 @@ def segmenter_stamp(cfg: DashboardSettings) -> tuple[str, int]:
     return str(stem), weights.stat().st_mtime_ns if weights.exists() else 0
 
 
-def segmenter_for(cfg: DashboardSettings):
-    return load_segmenter(*segmenter_stamp(cfg))
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _live_offer(workers: int, stem: str, mtime_ns: int):
+    return model_worker(workers).describe((stem, mtime_ns))
+
+
+def live_offer(cfg: DashboardSettings):
+    """The live CAM page's methods and segmenter status (`live.LiveOffer`, frozen, shared), asked
+    once per (worker count, segmenter stamp) of the process that runs the models, so a server whose
+    models run in workers never imports torch. A worker that fails raises WorkerFailed (not cached)."""
+    return _live_offer(cfg.live_workers, *segmenter_stamp(cfg))
 
 
 @st.cache_data(ttl=QUERY_TTL_S, max_entries=64, show_spinner=False)

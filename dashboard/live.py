@@ -73,6 +73,17 @@ class LiveCam:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class LiveOffer:
+    """What the live CAM page can offer, as the process that runs the models sees it: its CAM
+    methods, and whether the lung segmenter loads (`segmenter_note`: which one and its held-out
+    Dice, or why there is none). Shared by every session (dashboard/cache.py): frozen."""
+
+    methods: tuple[str, ...]
+    segmenter_loaded: bool
+    segmenter_note: str
+
+
 def decode_upload(data: bytes, max_bytes: int) -> np.ndarray:
     """uint8 H x W (longest side <= WORK_SIDE) of an uploaded file, or ImageRejected with a reason.
 

@@ -37,6 +37,7 @@ import struct
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -69,10 +70,51 @@ def _model(path: str, mtime_ns: int):
 
 @functools.lru_cache(maxsize=2)
 def _segmenter(stem: str, mtime_ns: int):
+    """(segmenter, sidecar), loaded once per (stem, mtime) in this process."""
     from benchmark.lungseg import load_segmenter
 
-    model, _meta = load_segmenter(stem)
-    return model
+    return load_segmenter(stem)
+
+
+def segmenter_status(stem: str, mtime_ns: int) -> tuple[bool, str]:
+    """(loads, note): the segmenter at `stem` loaded as the masks will be, and what the page says
+    of it: which one and its held-out Dice, or why there is none (only a --segmenter /
+    $CXR_LUNG_SEGMENTER path that does not exist, or a damaged file: the package ships one)."""
+    from benchmark import paths
+    from benchmark.errors import BenchmarkError, WeightsMissingError
+
+    try:
+        _model, meta = _segmenter(stem, mtime_ns)
+    except WeightsMissingError:
+        return False, (f"No lung segmenter at {stem}, so CAMs are shown without lung_mass. Fix the path, leave "
+                       f"--segmenter and ${paths.ENV_SEGMENTER} unset to use the segmenter shipped in the package, "
+                       "or train one with `python -m benchmark lungs train`.")
+    except (BenchmarkError, OSError, ValueError, KeyError) as exc:
+        return False, f"The lung segmenter could not be loaded ({exc}); CAMs are shown without lung_mass."
+    which = ("the segmenter shipped in the package" if Path(stem) == paths.SHIPPED_SEGMENTER
+             else f"segmenter {stem}")
+    dice = meta.get("heldout_cohen_dice_native")
+    return True, f"Lung mask from {which}" + (f" (held-out cohen Dice {dice:.3f})." if dice is not None else ".")
+
+
+def checkpoints(folder: str) -> list[dict]:
+    """The classifier checkpoints under `folder`, sidecars read and validated (training.checkpoints):
+    validating an architecture needs the model registry, hence torch, so it is done here."""
+    from benchmark.training.checkpoints import list_checkpoints
+
+    return list_checkpoints(folder)
+
+
+def describe(segmenter: tuple[str, int]) -> live.LiveOffer:
+    """The live CAM page's choices, from the process that runs the models: its CAM methods (the
+    registry's, then the default ones that name a layer) and the segmenter's status. Asked here so
+    that a server whose models run in workers never imports torch."""
+    from benchmark.cams import DEFAULT_CAM_METHODS
+    from benchmark.cams.methods import list_cam_methods
+
+    loaded, note = segmenter_status(*segmenter)
+    return live.LiveOffer(methods=tuple(list_cam_methods()) + tuple(m for m in DEFAULT_CAM_METHODS if "@" in m),
+                          segmenter_loaded=loaded, segmenter_note=note)
 
 
 def explain_checkpoint(path: str, mtime_ns: int, image: np.ndarray, method: str,
@@ -89,7 +131,7 @@ def explain_checkpoint(path: str, mtime_ns: int, image: np.ndarray, method: str,
 
 def segment(stem: str, mtime_ns: int, image: np.ndarray) -> np.ndarray | None:
     """The lung mask of `image` from the segmenter at `stem` (loaded once per (stem, mtime))."""
-    return live.segment_lungs(_segmenter(stem, mtime_ns), image)
+    return live.segment_lungs(_segmenter(stem, mtime_ns)[0], image)
 
 
 def explain_upload(image: np.ndarray, checkpoints: list[tuple[str, int, str]], method: str,
@@ -161,6 +203,12 @@ def _live_cam_from(fields: dict, cam: np.ndarray | None) -> live.LiveCam:
 
 
 def _answer(header: dict, arrays: dict) -> tuple[dict, dict]:
+    if header.get("op") == "describe":
+        offer = describe((str(header["segmenter"][0]), int(header["segmenter"][1])))
+        return {"ok": "describe", "methods": list(offer.methods), "segmenter_loaded": offer.segmenter_loaded,
+                "segmenter_note": offer.segmenter_note}, {}
+    if header.get("op") == "checkpoints":
+        return {"ok": "checkpoints", "checkpoints": checkpoints(str(header["folder"]))}, {}
     if header.get("op") != "upload":
         raise ValueError(f"unknown request {header.get('op')!r}")
     segmenter = header.get("segmenter")
@@ -281,6 +329,22 @@ class ModelWorker:
         reply, arrays = self._request(header, {"image": image, "mask": lung_mask})
         return arrays.get("mask"), [_live_cam_from(fields, arrays.get(f"cam{i}"))
                                     for i, fields in enumerate(reply["results"])]
+
+    def describe(self, segmenter: tuple[str, int]) -> live.LiveOffer:
+        """`describe` where the models run (raises WorkerFailed like explain_upload)."""
+        if self.workers == 0:
+            return describe(segmenter)
+        reply, _ = self._request({"op": "describe", "segmenter": list(segmenter)}, {})
+        return live.LiveOffer(methods=tuple(str(m) for m in reply["methods"]),
+                              segmenter_loaded=bool(reply["segmenter_loaded"]),
+                              segmenter_note=str(reply["segmenter_note"]))
+
+    def checkpoints(self, folder: str) -> list[dict]:
+        """`checkpoints` where the models run (raises WorkerFailed like explain_upload)."""
+        if self.workers == 0:
+            return checkpoints(folder)
+        reply, _ = self._request({"op": "checkpoints", "folder": str(folder)}, {})
+        return list(reply["checkpoints"])
 
     def pids(self) -> list[int]:
         """Process ids of the idle worker processes (tests)."""

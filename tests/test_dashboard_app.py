@@ -48,9 +48,10 @@ def test_launcher_builds_the_streamlit_command(tmp_path, monkeypatch):
     assert resolve_settings(cmd[cmd.index("--") + 1:], {}).live_workers == 0  # the app reads what was passed
 
 
-def test_server_process_starts_the_imports_before_streamlit(monkeypatch):
-    """dashboard.serve: the live-CAM imports are under way before streamlit's command line runs,
-    which gets the arguments unchanged."""
+def test_server_process_starts_the_workers_or_the_imports_before_streamlit(monkeypatch):
+    """dashboard.serve: before streamlit's command line runs (with the arguments unchanged) the
+    live CAM's worker processes are started; only with --live-workers 0, when the models run in
+    the server, are torch's imports started in the server."""
     from streamlit.web import cli
 
     from dashboard import live, model_worker, serve
@@ -71,12 +72,14 @@ def test_server_process_starts_the_imports_before_streamlit(monkeypatch):
     assert serve.main(["run", "app.py", "--server.port", "1", "--", "--db", "r.duckdb"]) == 0
     (args, prog, thread), = seen
     assert args == ["run", "app.py", "--server.port", "1", "--", "--db", "r.duckdb"] and prog == "streamlit"
-    assert thread is not None and thread.name == "live-cam-warm-up"
-    assert live.warm_up() is thread  # app.py's own call finds it: one per process
+    assert thread is None  # the models run in the worker: the server imports no torch
     assert len(spawned) == 1  # the live CAM's worker process was started at launch (settings.LIVE_WORKERS)
     assert model_worker.shared(1) is model_worker._SHARED[1] and len(spawned) == 1  # the pages get that one
     serve.main(["run", "app.py", "--", "--db", "r.duckdb", "--live-workers", "0"])
     assert len(spawned) == 1 and 0 in model_worker._SHARED  # 0: no process, the models run in the server
+    thread = seen[-1][2]
+    assert thread is not None and thread.name == "live-cam-warm-up"  # ... so their imports start at launch
+    assert live.warm_up() is thread  # app.py's own call finds it: one per process
 
 
 def test_launcher_serves_without_per_run_gc_or_source_watcher_and_with_one_torch_thread_by_default():

@@ -78,7 +78,13 @@ def test_a_dead_model_worker_is_said_on_every_panel_and_the_next_rerun_asks_agai
 
     calls = []
 
-    class DeadWorker:
+    class DeadWorker:  # it answered when the page opened, then died
+        def checkpoints(self, folder):
+            return model_worker.checkpoints(folder)
+
+        def describe(self, segmenter):
+            return model_worker.describe(segmenter)
+
         def explain_upload(self, *args):
             calls.append(args)
             raise model_worker.WorkerFailed("the model worker process stopped (exit code -9; out of memory?)")
@@ -91,6 +97,47 @@ def test_a_dead_model_worker_is_said_on_every_panel_and_the_next_rerun_asks_agai
     assert len(at.image) == 1  # the upload still shows, without overlays
     at.run()  # nothing was kept: the rerun asks the worker again
     assert len(calls) == 2 and len(calls[1][1]) == 2
+
+
+def test_a_worker_that_cannot_describe_its_models_is_said_and_the_next_rerun_asks_again(app_env, monkeypatch):
+    """The page's methods and segmenter come from the worker; one that is down gives a clear error,
+    the app stays up, and nothing is cached: the next rerun asks again."""
+    from dashboard import cache, model_worker
+
+    asked = []
+
+    class Worker:
+        dead = True
+
+        def _answer(self, what, real):
+            asked.append(what)
+            if self.dead:
+                raise model_worker.WorkerFailed("the model worker process stopped (exit code -9; out of memory?)")
+            return real
+
+        def checkpoints(self, folder):
+            return self._answer("checkpoints", model_worker.checkpoints(folder))
+
+        def describe(self, segmenter):
+            return self._answer("describe", model_worker.describe(segmenter))
+
+    worker = Worker()
+    monkeypatch.setattr(model_worker, "shared", lambda workers: worker)
+    cache._checkpoints.clear()
+    cache._live_offer.clear()
+    at = open_page(PAGE)
+    assert not at.exception
+    assert any("Live CAMs are not available right now" in e.value and "worker process stopped" in e.value
+               for e in at.error)
+    assert not at.get("file_uploader")
+    worker.dead = False
+    at.run()
+    assert not at.exception and not at.error
+    assert asked == ["checkpoints", "checkpoints", "describe"]  # the failure was not cached
+    assert at.get("file_uploader") and "hirescam@stride16" in at.selectbox(key="live_method").options
+    assert len(at.multiselect(key="live_models").options) == 2
+    cache._checkpoints.clear()  # what the page read above came from this test's worker
+    cache._live_offer.clear()
 
 
 @pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min

@@ -11,7 +11,7 @@ import pytest
 
 from benchmark.paths import SHIPPED_SEGMENTER
 from dashboard.model_worker import ModelWorker, WorkerFailed, receive_message, send_message
-from tests.fixtures_db import lung_mask, make_checkpoint, xray_image
+from tests.fixtures_db import APP, lung_mask, make_checkpoint, xray_image
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,60 @@ def test_worker_gives_the_in_process_answers(worker, assets):
     stem, mtime = str(SHIPPED_SEGMENTER), 0
     image = assets["images"][0]
     np.testing.assert_array_equal(_segment(worker, stem, mtime, image), _segment(here, stem, mtime, image))
+    # what the page offers (methods, segmenter) is the same from either side, good or missing segmenter
+    for segmenter in ((stem, mtime), ("/nowhere/lung_unet", 0)):
+        assert worker.describe(segmenter) == here.describe(segmenter)
+    offer = worker.describe((stem, mtime))
+    assert offer.segmenter_loaded
+    assert "segmenter shipped in the package (held-out cohen Dice 0.9" in offer.segmenter_note
+    assert {"cam", "gradcam", "hirescam", "hirescam@stride16"} <= set(offer.methods)
+    missing = worker.describe(("/nowhere/lung_unet", 0))
+    assert not missing.segmenter_loaded and "No lung segmenter at /nowhere/lung_unet" in missing.segmenter_note
+
+
+@pytest.mark.slow  # starts a worker process (torch import) under a fresh interpreter
+def test_with_workers_the_server_never_imports_torch(tmp_path):
+    """The live page, an upload and every other page, in a fresh process with one worker: the CAMs
+    come back and torch stays out of the server process (the worker holds it)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.fixtures_db import build_results_db
+
+    ck = tmp_path / "ck"
+    make_checkpoint(ck, architecture="resnet18", input_size=64, seed=3)
+    db = build_results_db(tmp_path / "db")
+    buf = io.BytesIO()
+    from PIL import Image
+    Image.fromarray(xray_image(128, np.random.default_rng(0), marker=True)).save(buf, format="PNG")
+    (tmp_path / "x.png").write_bytes(buf.getvalue())
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from streamlit.testing.v1 import AppTest
+        def open_page(page):  # as tests/fixtures_db.py does; that module imports torch itself
+            at = AppTest.from_file({str(APP)!r}, default_timeout=120).run()
+            return at.switch_page(page).run()
+        for page in ("pages/leaderboard.py", "pages/performance.py", "pages/compare.py",
+                     "pages/misclassifications.py"):
+            assert not open_page(page).exception, page
+        assert "torch" not in sys.modules
+        at = open_page("pages/live_cam.py")
+        data = Path({str(tmp_path / "x.png")!r}).read_bytes()
+        at.file_uploader(key="live_upload").set_value(("x.png", data, "image/png")).run(timeout=120)
+        assert not at.exception and not at.error, (at.exception, at.error)
+        preds = [m.value for m in at.markdown if m.value.startswith("pred **")]
+        print("PREDICTIONS", len(preds), "IMAGES", len(at.image), "TORCH", "torch" in sys.modules)
+        from dashboard import model_worker
+        for w in model_worker._SHARED.values():
+            w.close()
+    """)
+    env = {**os.environ, "CXR_RESULTS_DB": str(db), "CXR_CHECKPOINTS": str(ck), "CXR_LIVE_WORKERS": "1"}
+    env.pop("CXR_LUNG_SEGMENTER", None)  # the shipped segmenter, loaded by the worker
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "PREDICTIONS 1 IMAGES 2 TORCH False" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
 
 
 @pytest.mark.slow  # shares the module's worker process

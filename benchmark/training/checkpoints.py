@@ -10,16 +10,32 @@ import logging
 import os
 import subprocess
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from benchmark import faults, paths
 from benchmark.errors import BenchmarkError
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
 SIDECAR_VERSION = 1
+
+
+def save_file(tensors: dict, filename: str) -> None:
+    """safetensors' writer, imported when weights are written: torch loads only where weights are
+    written or read, so listing checkpoints (the dashboard's server) imports none."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, filename)
+
+
+def load_file(filename: str, device: str = "cpu") -> dict:
+    """safetensors' reader (tensors only: nothing is unpickled), imported when weights are read."""
+    from safetensors.torch import load_file as read
+
+    return read(filename, device=device)
 
 
 def git_commit(short: bool = True) -> str:

@@ -23,13 +23,15 @@ st.caption("Upload a chest X-ray (PNG, JPEG or DICOM). Every chosen model predic
            "header field (patient name, id) is read into the page.")
 
 cfg = cache.settings()
-checkpoints = cache.checkpoints(cfg.checkpoints_dir)
+try:  # checkpoints, methods and segmenter, from where the models run (the server itself needs no torch)
+    checkpoints = cache.checkpoints(cfg.checkpoints_dir)
+    offer = cache.live_offer(cfg)
+except Exception as exc:  # a dead worker: say so; the next rerun asks a new one
+    log.exception("the live CAM worker did not describe its models")
+    st.error(f"Live CAMs are not available right now: {exc}", icon=":material/error:")
+    st.stop()
 by_path = {c["path"]: c for c in checkpoints}
-
-from benchmark.cams import DEFAULT_CAM_METHODS  # noqa: E402
-from benchmark.cams.methods import list_cam_methods  # noqa: E402  (pulls in torch; only this page needs it)
-
-methods = list_cam_methods() + [m for m in DEFAULT_CAM_METHODS if "@" in m]
+methods = list(offer.methods)
 c1, c2 = st.columns([3, 1])
 chosen = c1.multiselect("Models", list(by_path), default=list(by_path)[:3], key="live_models",
                         format_func=lambda p: views.checkpoint_label(by_path[p]),
@@ -70,7 +72,7 @@ if image_key not in kept:
         st.stop()
 image = kept[image_key]
 
-segmenter, segmenter_note = cache.segmenter_for(cfg)
+segmenter_loaded, segmenter_note = offer.segmenter_loaded, offer.segmenter_note
 mask_key = ("mask", digest)
 # what this upload still lacks (its lung mask, the chosen models' answers for this method) comes
 # from the model worker in one request, beside this session's thread (dashboard/model_worker.py)
@@ -78,7 +80,7 @@ missing = [path for path in chosen if (digest, path, method) not in kept]
 worker_error = ""
 started = time.perf_counter()
 if missing or mask_key not in kept:
-    needs_mask = mask_key not in kept and segmenter is not None
+    needs_mask = mask_key not in kept and segmenter_loaded
     try:
         mask, answers = cache.model_worker(cfg.live_workers).explain_upload(
             image, [(path, Path(path).stat().st_mtime_ns, views.checkpoint_label(by_path[path])) for path in missing],
@@ -98,13 +100,13 @@ with left:
     st.image(render.picture(render.overlay(image, None, outline=outline)),
              width="stretch", caption=f"upload, {image.shape[1]} x {image.shape[0]} px as read" + (
                  " (green: predicted lungs)" if mask is not None and mask.any() and show_contour else ""))
-    if segmenter is None:
+    if not segmenter_loaded:
         st.info(segmenter_note)
     elif share is None:
         st.warning("The segmenter found no lungs in this image, so lung mass is not defined.")
     else:
         st.caption(f"Lungs cover {share:.2f} of the image: a CAM spread evenly would score lung mass {share:.2f}.")
-    if segmenter is not None:
+    if segmenter_loaded:
         st.caption(segmenter_note)  # which segmenter (shipped or trained) and its held-out Dice
 
 with right:
