@@ -7,12 +7,12 @@ requirements.txt does), whatever folder streamlit was started in.
 """
 import streamlit as st
 
-from dashboard import cache, common, live
+from dashboard import cache, common
 
 st.set_page_config(page_title="CXR shortcut audit", page_icon=":material/radiology:", layout="wide")
-if cache.settings().live_workers == 0:  # models in the server's threads: torch and the model zoo load
-    live.warm_up()                       # in the background while the first page draws
-cache.model_worker(cache.settings().live_workers)  # the live CAM's worker starts with the first session
+# the live CAM's worker starts with the first session (with --live-workers 0: torch's imports, in
+# the background while the first page draws)
+cache.model_worker(cache.settings().live_workers)
 
 PAGES = [
     st.Page("pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),

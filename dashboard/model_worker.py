@@ -28,6 +28,7 @@ AppTest suite); the answers are the same either way (tests/test_model_worker.py)
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -205,8 +206,7 @@ def _live_cam_from(fields: dict, cam: np.ndarray | None) -> live.LiveCam:
 def _answer(header: dict, arrays: dict) -> tuple[dict, dict]:
     if header.get("op") == "describe":
         offer = describe((str(header["segmenter"][0]), int(header["segmenter"][1])))
-        return {"ok": "describe", "methods": list(offer.methods), "segmenter_loaded": offer.segmenter_loaded,
-                "segmenter_note": offer.segmenter_note}, {}
+        return {"ok": "describe", "offer": dataclasses.asdict(offer)}, {}
     if header.get("op") == "checkpoints":
         return {"ok": "checkpoints", "checkpoints": checkpoints(str(header["folder"]))}, {}
     if header.get("op") != "upload":
@@ -335,9 +335,8 @@ class ModelWorker:
         if self.workers == 0:
             return describe(segmenter)
         reply, _ = self._request({"op": "describe", "segmenter": list(segmenter)}, {})
-        return live.LiveOffer(methods=tuple(str(m) for m in reply["methods"]),
-                              segmenter_loaded=bool(reply["segmenter_loaded"]),
-                              segmenter_note=str(reply["segmenter_note"]))
+        fields = reply["offer"]
+        return live.LiveOffer(**{**fields, "methods": tuple(fields["methods"])})  # JSON gave a list
 
     def checkpoints(self, folder: str) -> list[dict]:
         """`checkpoints` where the models run (raises WorkerFailed like explain_upload)."""
@@ -369,7 +368,11 @@ _SHARED_LOCK = threading.Lock()
 def shared(workers: int) -> ModelWorker:
     """This process's one ModelWorker for `workers`, started: the server's, which every session
     uses. dashboard/serve.py asks for it at launch, so the workers import torch while the server
-    waits for its first visitor; the pages get the same object through dashboard/cache.py."""
+    waits for its first visitor; the pages get the same object through dashboard/cache.py. With
+    workers=0 the models run in this process, so torch's imports start here instead (live.warm_up,
+    a daemon thread, once per process); with workers this process never imports torch."""
+    if workers == 0:
+        live.warm_up()
     with _SHARED_LOCK:
         worker = _SHARED.get(workers)
         if worker is None:

@@ -5,12 +5,11 @@ imports started first.
 would otherwise share the cores with ~6.5 s of imports (torch, the model zoo, pytorch-grad-cam;
 measured on the 2-core box). Under 10 sessions at once that import got a tenth of the
 interpreter and took ~25 s, and every live CAM waited for it (bench/RESULTS.md, dashboard load).
-Started here, it runs while the server comes up and waits for its first visitor; app.py's own
-`live.warm_up()` then finds it under way (one per process). The live CAM's model worker processes
-(dashboard/model_worker.py) are started here for the same reason: the pages get the same one.
-With workers (the default) the models, their methods and the segmenter live in those processes,
-so the server itself never imports torch and nothing is warmed up here; with `--live-workers 0`
-the server runs the models in its threads and imports torch at launch.
+Started here (`model_worker.shared`), they run while the server comes up and waits for its first
+visitor; the pages get the same ModelWorker through dashboard/cache.py. With workers (the default)
+the imports happen in those processes and the server itself never imports torch; with
+`--live-workers 0` the models run in the server's threads and `shared` starts the imports here
+(`live.warm_up`, a daemon thread, once per process).
 
     python -m dashboard.serve run APP [streamlit flags] -- [app arguments]   # what the launcher execs
 """
@@ -20,15 +19,13 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dashboard import live, model_worker
+    from dashboard import model_worker
     from dashboard.settings import resolve_settings
 
     argv = list(sys.argv[1:] if argv is None else argv)
     app_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    workers = resolve_settings(app_args).live_workers
-    if workers == 0:  # the models run in the server's own threads: torch loads now, in a daemon thread
-        live.warm_up()
-    model_worker.shared(workers)  # its processes start importing now; with them the server needs no torch
+    # the worker processes start importing torch now (with --live-workers 0, this process does)
+    model_worker.shared(resolve_settings(app_args).live_workers)
     from streamlit.web import cli
 
     # what `python -m streamlit` does (streamlit/__main__.py), with our arguments
