@@ -35,9 +35,8 @@ from train_throughput import measure, profile_steps  # bench/train_throughput.py
 
 from benchmark.models import resolve_models
 from benchmark.pipeline.experiment import load_experiment
-from benchmark.pipeline.external import run_external_matrix
+from benchmark.pipeline.external import experiment_pairs, run_external_matrix
 from benchmark.pipeline.grid import run_grid
-from benchmark.pipeline.job import load_job_dataset
 from benchmark.store import queries, reader
 from benchmark.store.schema import PHASES
 from benchmark.training.device import resolve_device
@@ -97,7 +96,8 @@ class GpuSampler:
 
 def load(args):
     """The experiment with the command line's overrides applied."""
-    exp = load_experiment(args.experiment).with_overrides(data_root=args.data_root, cache_dir=args.cache_dir)
+    exp = load_experiment(args.experiment).with_overrides(data_root=args.data_root, cache_dir=args.cache_dir,
+                                                          external_root=args.external_root)
     data = {k: v for k, v in {"max_per_class": args.max_per_class, "image_size": args.image_size}.items()
             if v is not None}
     train = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size}.items() if v is not None}
@@ -118,6 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="paper")
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--external-root", default=None)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--db", default="paper_grid.duckdb")
     ap.add_argument("--checkpoint-dir", default=None)
@@ -153,7 +154,7 @@ def main() -> None:
     with GpuSampler(device.index or 0) if cuda else _NoSampler() as sampler:
         statuses = run_grid(specs, args.db, force=args.force, loaded=loaded)
         t_grid = time.perf_counter() - t0
-        pairs = exp.external_pairs({s.data.name: load_job_dataset(s, loaded).classes for s in specs})
+        pairs = experiment_pairs(exp, specs, loaded)
         external = run_external_matrix(pairs, specs, args.db, loaded=loaded, force=args.force)
     wall = time.perf_counter() - t0
     t_external = wall - t_grid

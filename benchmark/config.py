@@ -43,6 +43,8 @@ class DataConfig:
                                   "relative to the CSV); `run` takes a comma list", flag="--data")
     data_root: str | None = option(None, "folder holding the real sources (pack or upstream layouts); "
                                          "default $CXR_DATA")
+    external_root: str | None = option(None, "folder holding the external-validation sources (hannover/, "
+                                             "openist/) that external presets read; default $CXR_EXTERNAL")
     data_seed: int = option(0, "seed of the phantom and of the patient split")
     max_per_class: int | None = option(None, "cap images per class (whole patients, seeded) for quick runs")
     n_phantom: int | None = option(None, "phantom images to generate (default: the phantom's own, 600)")

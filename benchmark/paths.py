@@ -16,6 +16,7 @@ from pathlib import Path
 from benchmark.errors import BenchmarkError
 
 ENV_DATA = "CXR_DATA"                 # the real-data root (pack or upstream layouts)
+ENV_EXTERNAL = "CXR_EXTERNAL"         # the external-validation root (sources no preset trains on)
 ENV_CACHE = "CXR_CACHE"               # decode cache shared by all runs of a machine
 ENV_RESULTS_DB = "CXR_RESULTS_DB"     # the results database
 ENV_CHECKPOINTS = "CXR_CHECKPOINTS"   # trained classifiers (and the default segmenter under lungseg/)
@@ -32,6 +33,7 @@ SEGMENTER_SUBPATH = Path("lungseg") / "lung_unet"   # under the checkpoint folde
 # The lung segmenter the project trained, shipped as package data (pyproject.toml package-data).
 SHIPPED_SEGMENTER = Path(__file__).resolve().parent / "lungseg" / "weights" / "lung_unet"
 DATA_ROOT_HELP = "the real-data pack folder (holding kermany/, cohen/, nih/) or upstream downloads"
+EXTERNAL_ROOT_HELP = "the external-validation pack folder (holding hannover/, openist/)"
 
 
 Environ = Mapping[str, str] | None  # None: the process environment (tests pass their own)
@@ -57,6 +59,22 @@ def require_data_root(explicit: str | os.PathLike | None = None) -> Path:
         raise BenchmarkError(
             f"real-data presets need a data root: pass --data-root DIR or set ${ENV_DATA} "
             f"({DATA_ROOT_HELP}); the embedded default needs none: --data phantom")
+    return root
+
+
+def external_root(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The external-validation root (sources no preset trains on), or None when neither the
+    argument nor $CXR_EXTERNAL names one."""
+    value = setting(explicit, ENV_EXTERNAL)
+    return Path(value).expanduser() if value else None
+
+
+def require_external_root(explicit: str | os.PathLike | None = None) -> Path:
+    root = external_root(explicit)
+    if root is None:
+        raise BenchmarkError(
+            f"external presets need an external root: pass --external-root DIR or set ${ENV_EXTERNAL} "
+            f"({EXTERNAL_ROOT_HELP})")
     return root
 
 

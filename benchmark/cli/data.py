@@ -12,12 +12,14 @@ def cmd_data_list(args) -> int:
     from benchmark.data import sources
     from benchmark.data.presets import list_presets, presets
 
-    root = paths.data_root(args.data_root)
+    roots = {"data": paths.data_root(args.data_root), "external": paths.external_root(args.external_root)}
+    root = roots["data"]
     print("Dataset presets (--data NAME):")
     for name, desc in list_presets():
         line = f"  {name:18s} {desc}"
         spec = presets()[name]
-        if spec["kind"] == "sources" and root:
+        root = roots[spec.get("root", "data")] if spec["kind"] == "sources" else None
+        if root:
             found = []
             for part in spec["parts"]:
                 try:
@@ -28,8 +30,10 @@ def cmd_data_list(args) -> int:
                     found.append(f"{part['source']}: missing")
             line += f"\n  {'':18s} under {root}: " + ", ".join(found)
         print(line)
-    if not root:
+    if not roots["data"]:
         print("  (set --data-root or $CXR_DATA to see which real sources are present)")
+    if not roots["external"]:
+        print(f"  (set --external-root or ${paths.ENV_EXTERNAL} to see which external sources are present)")
     print("\nFolder layouts (--data PATH, or sources under --data-root):")
     for name in sources.LAYOUTS:
         print(f"  {name:10s} {sources.LAYOUTS[name].description}")

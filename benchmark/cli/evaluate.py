@@ -9,7 +9,7 @@ from benchmark import paths
 from benchmark.cli.options import config_from_args
 from benchmark.config import AuditConfig, DataConfig
 from benchmark.data.datasets import load_dataset
-from benchmark.pipeline.external import evaluate_external
+from benchmark.pipeline.external import evaluate_external, matrix_audit
 from benchmark.training.checkpoints import read_sidecar
 from benchmark.training.device import resolve_device
 
@@ -22,14 +22,14 @@ def cmd_evaluate(args) -> int:
     imported = is_imported(read_sidecar(args.checkpoint))
     device = resolve_device(args.device)
     dataset = load_dataset(args.name, data_root=args.data_root, max_per_class=args.max_per_class,
-                           cache_dir=args.cache_dir)
+                           cache_dir=args.cache_dir, external_root=args.external_root)
     db = paths.results_db(args.db)
     if imported:  # its own test split: probes too (cheap), faithfulness as `evaluate` always does (none)
         audit = config_from_args(AuditConfig, args, faithfulness_sample=0)
         result = evaluate_imported(args.checkpoint, dataset, db, data=config_from_args(DataConfig, args),
                                    device=device, audit=audit, seed=args.seed, progress=args.progress)
     else:
-        audit = config_from_args(AuditConfig, args, faithfulness_sample=0, probes=False, sanity_sample=0)
+        audit = matrix_audit(config_from_args(AuditConfig, args))
         result = evaluate_external(args.checkpoint, dataset, db, device=device, audit=audit,
                                    seed=args.seed, cache_dir=args.cache_dir, progress=args.progress)
     print(result.line())

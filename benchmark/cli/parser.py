@@ -52,7 +52,7 @@ def _add_data(sub) -> None:
     data = sub.add_parser("data", help="list dataset presets, check a data folder")
     dsub = data.add_subparsers(dest="data_command", required=True)
     dl = dsub.add_parser("list", help="presets, layouts, and what the data root holds")
-    add_config_args(dl, DataConfig, include=["data_root"])
+    add_config_args(dl, DataConfig, include=["data_root", "external_root"])
     dc = dsub.add_parser("check", help="read every image of a folder, a CSV manifest or one file; report "
                                        "counts and rejections")
     dc.add_argument("path")
@@ -76,7 +76,8 @@ def _add_evaluate(sub) -> None:
                                     "subfolders (images of classes it does not know are left out); writes "
                                     "metrics, predictions and CAMs with split external:<dataset>.")
     ev.add_argument("--checkpoint", required=True, help="a .safetensors file with its .json sidecar")
-    add_config_args(ev, DataConfig, include=["name", "data_root", "max_per_class", "cache_dir"], required=["name"])
+    add_config_args(ev, DataConfig, include=["name", "data_root", "external_root", "max_per_class", "cache_dir"],
+                    required=["name"])
     ev.add_argument("--db", default=None, help=DB_HELP)
     add_config_args(ev, JobSpec, include=["device", "progress"])
     add_config_args(ev, TrainConfig, include=["seed"])

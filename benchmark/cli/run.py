@@ -10,7 +10,7 @@ from benchmark.data.splits import split_counts
 from benchmark.models import resolve_models
 from benchmark.pipeline.executors import create_executor
 from benchmark.pipeline.experiment import Experiment, load_experiment
-from benchmark.pipeline.external import run_external_matrix
+from benchmark.pipeline.external import experiment_pairs, run_external_matrix
 from benchmark.pipeline.grid import run_grid
 from benchmark.pipeline.job import load_job_dataset
 from benchmark.pipeline.spec import JobSpec
@@ -26,11 +26,12 @@ def experiment_from_args(args) -> Experiment:
     """The grid to run: a named or file experiment (--experiment), else the ad-hoc grid of the flags
     (--data and --seed take comma lists). Where the data and the cache are comes from the flags."""
     if args.experiment:
-        return load_experiment(args.experiment).with_overrides(data_root=args.data_root, cache_dir=args.cache_dir)
+        return load_experiment(args.experiment).with_overrides(data_root=args.data_root, cache_dir=args.cache_dir,
+                                                               external_root=args.external_root)
     data, train, audit = (config_from_args(c, args) for c in (DataConfig, TrainConfig, AuditConfig))
     return Experiment(name="cli", datasets=tuple(d.strip() for d in args.name.split(",") if d.strip()),
                       models=tuple(resolve_models(args.models)), seeds=tuple(args.seeds), data=data, train=train,
-                      audit=audit, external="none")
+                      audit=audit, external=())
 
 
 def specs_from_args(args) -> list[JobSpec]:
@@ -63,8 +64,7 @@ def cmd_run(args) -> int:
     executor = create_executor(config_from_args(ExecutorConfig, args), loaded=loaded)
     _print_datasets(specs, loaded)
     statuses = run_grid(specs, db, force=args.force, loaded=loaded, executor=executor)
-    external = run_external_matrix(experiment.external_pairs({s.data.name: load_job_dataset(s, loaded).classes
-                                                              for s in specs}), specs, db, loaded=loaded,
+    external = run_external_matrix(experiment_pairs(experiment, specs, loaded), specs, db, loaded=loaded,
                                    force=args.force)
     with reader(db) as con:
         table = queries.summary(con)

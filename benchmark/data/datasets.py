@@ -14,7 +14,7 @@ from benchmark.data.presets import presets
 from benchmark.data.records import ImageRecord
 from benchmark.data.splits import patient_split
 from benchmark.errors import BenchmarkError, UnknownNameError
-from benchmark.paths import require_data_root
+from benchmark.paths import require_data_root, require_external_root
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,17 @@ def dataset_key(name: str, *, max_per_class: int | None, data_seed: int, n_phant
     return "~".join(parts)
 
 
+def preset_root(spec: dict, data_root: str | Path | None, external_root: str | Path | None) -> Path:
+    """Where a real preset's sources live: the data root, or the external root for `root = "external"`."""
+    if spec.get("root", "data") == "external":
+        return require_external_root(external_root)
+    return require_data_root(data_root)
+
+
 def load_dataset(name: str, *, data_root: str | Path | None = None, data_seed: int = 0,
                  max_per_class: int | None = None, n_phantom: int | None = None,
-                 cache_dir: Path | None = None, phantom_size: int | None = None) -> Dataset:
+                 cache_dir: Path | None = None, phantom_size: int | None = None,
+                 external_root: str | Path | None = None) -> Dataset:
     """Records of a preset name or a folder path, labelled in the preset's classes and split by patient."""
     table = presets()
     is_phantom = name in table and table[name]["kind"] == "phantom"
@@ -88,7 +96,7 @@ def load_dataset(name: str, *, data_root: str | Path | None = None, data_seed: i
         desc = table[name]["description"]
     elif name in table:
         spec = table[name]
-        root = require_data_root(data_root)
+        root = preset_root(spec, data_root, external_root)
         records = []
         for part in spec["parts"]:
             for r in sources.find_source(root, part["source"]):

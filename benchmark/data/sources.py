@@ -74,11 +74,31 @@ def load_pack(root: Path) -> list[ImageRecord]:
                 path=str(root / row["image"]), key=row["image"], label=row["label"],
                 patient_id=row["patient_id"], source=row.get("source") or root.name,
                 mask_path=str(root / mask) if mask else "",
-                mask_source=MASK_SOURCES.get(row.get("mask_source", ""), "gt-v7" if mask else ""),
+                mask_source=_pack_mask_source(row, root.name) if mask else "",
                 view=row.get("view", ""), sex=row.get("sex", ""), age=_age(row.get("age", "")),
                 finding=row.get("finding", ""), source_split=row.get("split", ""),
             ))
     return records
+
+
+def _pack_mask_source(row: dict, folder: str) -> str:
+    """The mask's origin: the manifest's `mask_source` where it names one (cohen: v7labs, lungVAE),
+    else the source's own ground truth (`gt-<source>`, e.g. gt-openist)."""
+    named = row.get("mask_source") or ""
+    if named:
+        return MASK_SOURCES.get(named, f"gt-{named.lower()}")
+    return f"gt-{row.get('source') or folder}"
+
+
+# Sources that exist only in the pack layout (no upstream layout is read): the external-validation
+# pack's (../shared/data/cxr-external), found under --external-root / $CXR_EXTERNAL by the presets
+# whose `root = "external"`.
+PACK_ONLY_SOURCES = {
+    "hannover": "Hannover Medical School COVID-19 radiographs (pack layout)",
+    "openist": "normal adult chest X-rays of a radiology teaching collection, with lung masks (pack layout)",
+}
+for _name, _description in PACK_ONLY_SOURCES.items():
+    register_layout(_name, lambda p: False, _description, dirs=(_name,))(load_pack)
 
 
 # --- Kermany: chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg ---------------------

@@ -28,8 +28,11 @@ _PARTS = {"data": DataConfig, "train": TrainConfig, "audit": AuditConfig}
 @dataclass(frozen=True)
 class Experiment:
     """A grid: datasets x models x seeds (x lungs-only controls), plus which checkpoints are scored
-    on which other datasets. `external` is "auto" (every other dataset of the experiment that
-    shares at least two classes), "none", or explicit (train dataset, test dataset) pairs."""
+    on which other datasets. `external` lists, in any mix: "auto" (every other dataset of the
+    experiment that shares at least two classes), a dataset name (an external set such as
+    `external-covid-normal`: scored by every dataset of the experiment whose classes include all
+    of the set's), or explicit (train dataset, test dataset) pairs. "none" or an empty list: no
+    external validation."""
 
     name: str
     datasets: tuple[str, ...]
@@ -40,7 +43,7 @@ class Experiment:
     train: TrainConfig = TrainConfig()
     audit: AuditConfig = AuditConfig()
     lungs_only_controls: bool = False
-    external: str | tuple[tuple[str, str], ...] = "auto"
+    external: tuple[str | tuple[str, str], ...] = ("auto",)
 
     def specs(self, **top: Any) -> list[JobSpec]:
         """Every job of the grid; `top` sets JobSpec's own fields (device, checkpoint_dir, progress)."""
@@ -53,19 +56,30 @@ class Experiment:
                     out += [JobSpec.for_model(m, data, train=train, audit=self.audit, **top) for m in self.models]
         return out
 
-    def external_pairs(self, classes: dict[str, list[str]]) -> list[tuple[str, str]]:
-        """(train dataset, test dataset) pairs to score; `classes` maps each dataset to its classes."""
-        if self.external == "none":
-            return []
-        if self.external == "auto":
-            return [(a, b) for a in self.datasets for b in self.datasets
-                    if a != b and len(set(classes[a]) & set(classes[b])) >= 2]
-        return [tuple(p) for p in self.external]
+    def external_sets(self) -> list[str]:
+        """The named external sets (neither "auto" nor pairs): datasets to load only for scoring."""
+        return [e for e in self.external if isinstance(e, str) and e != "auto"]
 
-    def with_overrides(self, *, data_root: str | None = None, cache_dir: str | None = None) -> Experiment:
+    def external_pairs(self, classes: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """(train dataset, test dataset) pairs to score, in order, without repeats; `classes` maps
+        each dataset of the experiment and each named external set to its classes."""
+        pairs = []
+        for entry in self.external:
+            if entry == "auto":
+                pairs += [(a, b) for a in self.datasets for b in self.datasets
+                          if a != b and len(set(classes[a]) & set(classes[b])) >= 2]
+            elif isinstance(entry, str):
+                pairs += [(a, entry) for a in self.datasets if set(classes[entry]) <= set(classes[a])]
+            else:
+                pairs.append(tuple(entry))
+        return list(dict.fromkeys(pairs))
+
+    def with_overrides(self, *, data_root: str | None = None, cache_dir: str | None = None,
+                       external_root: str | None = None) -> Experiment:
         """Where the data is is the machine's business, not the experiment's."""
         data = dataclasses.replace(self.data, data_root=data_root or self.data.data_root,
-                                   cache_dir=cache_dir or self.data.cache_dir)
+                                   cache_dir=cache_dir or self.data.cache_dir,
+                                   external_root=external_root or self.data.external_root)
         return dataclasses.replace(self, data=data)
 
 
@@ -112,12 +126,38 @@ def experiment_from_table(name: str, table: dict[str, Any]) -> Experiment:
             values["cam_methods"] = parse_cam_methods(",".join(values["cam_methods"]))
         parts[part] = cls(**values)
     models = tuple(m for item in table["models"] for m in resolve_models(item))
-    external = table.get("external", "auto")
-    if isinstance(external, list):
-        external = tuple((p["train"], p["test"]) for p in external)
-    elif external not in ("auto", "none"):
-        raise BenchmarkError(f"experiment {name}: external must be 'auto', 'none' or a list of "
-                             "{train = ..., test = ...} tables")
+    external = parse_external(name, table.get("external", "auto"))
     return Experiment(name=name, datasets=tuple(table["datasets"]), models=tuple(dict.fromkeys(models)),
                       seeds=tuple(int(s) for s in table.get("seeds", [0])), description=table.get("description", ""),
                       lungs_only_controls=bool(table.get("lungs_only_controls", False)), external=external, **parts)
+
+
+def parse_external(name: str, value: Any) -> tuple[str | tuple[str, str], ...]:
+    """`external` of an experiment file: "auto", "none", or a list of "auto", dataset names and
+    {train = ..., test = ...} tables."""
+    if value == "none":
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        items = None
+    out: list = []
+    for item in items or [None]:
+        if isinstance(item, str) and item and item != "none":
+            out.append(item)
+        elif isinstance(item, dict) and set(item) == {"train", "test"}:
+            out.append((item["train"], item["test"]))
+        else:
+            raise BenchmarkError(f"experiment {name}: external must be 'auto', 'none' or a list of 'auto', "
+                                 f"dataset names and {{train = ..., test = ...}} tables; got {value!r}")
+    return tuple(out)
+
+
+def external_spec(spec: JobSpec, dataset: str) -> JobSpec:
+    """The spec whose dataset is `dataset` as scored by `spec`'s model: the same data options, except
+    that an external preset (one read from the external root) is scored whole, never capped."""
+    from benchmark.data.presets import presets
+
+    data = dataclasses.replace(spec.data, name=dataset)
+    if presets().get(dataset, {}).get("root") == "external":
+        data = dataclasses.replace(data, max_per_class=None)
+    return dataclasses.replace(spec, data=data)

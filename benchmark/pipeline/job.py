@@ -41,11 +41,11 @@ def load_job_dataset(spec: JobSpec, loaded: dict | None = None) -> Dataset:
     """The spec's dataset; with `loaded` (a dict the caller keeps), each distinct dataset of a
     grid is read once, not once per model (real sources walk their folders and manifests)."""
     d = spec.data
-    key = (d.name, d.data_root, d.data_seed, d.max_per_class, d.n_phantom, d.cache_dir)
+    key = (d.name, d.data_root, d.external_root, d.data_seed, d.max_per_class, d.n_phantom, d.cache_dir)
     if loaded is not None and key in loaded:
         return loaded[key]
     dataset = load_dataset(d.name, data_root=d.data_root, data_seed=d.data_seed, max_per_class=d.max_per_class,
-                           n_phantom=d.n_phantom, cache_dir=d.cache_dir)
+                           n_phantom=d.n_phantom, cache_dir=d.cache_dir, external_root=d.external_root)
     if loaded is not None:
         loaded[key] = dataset
     return dataset

@@ -139,8 +139,9 @@ def replace_run_rows(db_path: str | Path, run_id: str, table: str, df: pd.DataFr
 def replace_run_tables(db_path: str | Path, run_id: str, tables: dict[str, tuple[pd.DataFrame, dict]], *,
                        images: pd.DataFrame | None = None, rejected: pd.DataFrame | None = None,
                        run_row: dict | None = None) -> None:
-    """Delete each table's rows of `run_id` matching its `where` and insert the new ones, plus
-    new images, and the runs row if the run is not in the DB yet, all in one transaction."""
+    """Delete each table's rows of `run_id` matching its `where` (column -> value, or a tuple of
+    values) and insert the new ones, plus new images, and the runs row if the run is not in the DB
+    yet, all in one transaction."""
     for table in tables:
         if table not in schema.RUN_TABLES:
             raise ValueError(f"{table} is not a per-run table; choose from {schema.RUN_TABLES}")
@@ -149,8 +150,10 @@ def replace_run_tables(db_path: str | Path, run_id: str, tables: dict[str, tuple
         if run_row is not None and not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
             _insert_df(con, "runs", pd.DataFrame([run_row]))
         for table, (df, where) in tables.items():
-            clause = " AND ".join(["run_id = ?"] + [f"{k} = ?" for k in where])
-            con.execute(f"DELETE FROM {table} WHERE {clause}", [run_id, *where.values()])
+            # a `where` value is one value, or a tuple of values any of which matches
+            values = {k: v if isinstance(v, tuple) else (v,) for k, v in where.items()}
+            clause = " AND ".join(["run_id = ?"] + [f"{k} IN ({', '.join('?' * len(v))})" for k, v in values.items()])
+            con.execute(f"DELETE FROM {table} WHERE {clause}", [run_id, *(x for v in values.values() for x in v)])
             if df is not None and not df.empty:
                 _insert_df(con, table, df.assign(run_id=run_id))
 

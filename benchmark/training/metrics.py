@@ -291,3 +291,67 @@ def bootstrap_mean_ci(values: np.ndarray, groups: Sequence[str], *, n_boot: int 
         means.append(_safe_div(counts @ patient_sum, counts @ patient_n, np.nan))
     low, high = _percentile_ci(np.concatenate(means), alpha)
     return float(v[valid].mean()), low, high
+
+
+# ------------------------------------------------------------- a model scored on a subset of its classes
+
+SET_METRICS = ("accuracy", "balanced_accuracy", "set_auc", "off_set_share")
+
+
+def set_metric_values(y_true: np.ndarray, probs: np.ndarray, set_index: Sequence[int],
+                      weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The rule for a model scored on a set whose classes are some of the model's own (an external
+    set of 2 classes for a 3- or 4-class model), for each row of ``weights``:
+
+    - accuracy: argmax over all of the model's classes equals the label;
+    - balanced_accuracy: that accuracy averaged over the set's classes present;
+    - set_auc: a 2-class set: AUC of p(the set's last class, e.g. covid) over the set's images;
+      more classes: the mean one-vs-rest AUC of p(c) over the set's classes;
+    - off_set_share: share of images sent to a class the set does not have.
+    """
+    y = np.asarray(y_true)
+    p = np.asarray(probs, dtype=np.float64)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    pred = p.argmax(axis=1)
+    total = w.sum(axis=1)
+    correct = (pred == y).astype(np.float64)
+    recalls = np.stack([_safe_div((w * ((y == k) & (pred == k))).sum(1), (w * (y == k)).sum(1), np.nan)
+                        for k in set_index], axis=1)
+    present = np.stack([(w * (y == k)).sum(1) > 0 for k in set_index], axis=1)
+    if len(set_index) == 2:
+        positive = set_index[-1]
+        auc = weighted_auc(p[:, positive], y == positive, w)
+    else:
+        aucs = np.stack([weighted_auc(p[:, k], y == k, w) for k in set_index], axis=1)
+        auc = _masked_mean(aucs, ~np.isnan(aucs))
+    return {"accuracy": _safe_div(w @ correct, total, np.nan),
+            "balanced_accuracy": _masked_mean(recalls, present),
+            "set_auc": auc,
+            "off_set_share": _safe_div(w @ (~np.isin(pred, list(set_index))).astype(np.float64), total, np.nan)}
+
+
+def set_metrics_with_ci(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], set_classes: Sequence[str],
+                        groups: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
+                        alpha: float = 0.05) -> list[MetricRow]:
+    """``set_metric_values`` (SET_METRICS) with patient-bootstrap percentile CIs; ``y_true`` indexes
+    ``classes`` (the model's), every label being one of ``set_classes``."""
+    y, p, names = _check_inputs(y_true, probs, classes)
+    missing = [c for c in set_classes if c not in names]
+    if missing:
+        raise ValueError(f"set classes {missing} are not among the model's classes {names}")
+    set_index = [names.index(c) for c in set_classes]
+    if not np.isin(y, set_index).all():
+        raise ValueError("every label must be one of the set's classes")
+    _check_boot(n_boot, alpha)
+    patient, n_patients = _patient_index(groups, y.shape[0])
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for start in range(0, n_boot, _BLOCK):
+        counts = _patient_counts(rng, n_patients, min(_BLOCK, n_boot - start))
+        blocks.append(set_metric_values(y, p, set_index, counts[:, patient]))
+    values = set_metric_values(y, p, set_index, np.ones((1, y.shape[0])))
+    rows = []
+    for name in SET_METRICS:
+        low, high = _percentile_ci(np.concatenate([b[name] for b in blocks]), alpha) if blocks else (None, None)
+        rows.append(MetricRow(name, "", float(values[name][0]), low, high))
+    return rows
