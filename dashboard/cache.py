@@ -266,13 +266,13 @@ def _leaderboard(db: str, stamp: tuple | None, choice: views.LeaderboardChoice) 
         summary=query("summary"), class_metrics=query("class_metrics"), focus=query("lung_focus_by_run"),
         probes=query("probe_results"), sanity=query("cam_sanity"), details=query("run_details"),
         datasets=choice.datasets, method=choice.method, class_choice=choice.class_choice, by_group=choice.by_group,
-        sort_label=choice.sort_label, baselines=dict(choice.baselines))
+        sort_label=choice.sort_label, baselines=dict(choice.baselines), external=query("external_metrics"))
 
 
 def leaderboard(choice: views.LeaderboardChoice) -> views.LeaderboardView:
     """views.leaderboard_view of the configured DB for these widget values, built once per DB state
     and choice: composing the board is pandas work per run (0.2-0.5 s at 20 runs) that ten sessions
-    on two cores would otherwise repeat on every rerun, and its six queries are read only then.
+    on two cores would otherwise repeat on every rerun, and its seven queries are read only then.
     Each caller gets its own copy (cache_data)."""
     cfg = settings()
     return _leaderboard(str(cfg.db_path), db_stamp(cfg.db_path), choice)

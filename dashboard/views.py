@@ -36,6 +36,7 @@ SORT_KEYS = {
     "lungs-removed accuracy (high first)": ("lungs_removed_acc", False),
     "marker mass (high first)": ("marker_mass", False),
     "external drop (large first)": ("external_drop", False),
+    "external AUC drop (large first)": ("auc_drop", False),
 }
 
 
@@ -45,7 +46,7 @@ def class_choices(class_metrics: pd.DataFrame) -> list[str]:
 
 #: leaderboard columns whose spread over a seed group is shown (as `<col>_sd`)
 SEED_SPREAD = ("accuracy", "auc", "sensitivity", "specificity", "lung_mass", "lung_focus_score", "pointing_game",
-               "lungs_removed_acc", "lungs_removed_drop", "external_drop")
+               "lungs_removed_acc", "lungs_removed_drop", "external_drop", "auc_drop")
 
 
 def seed_board(board: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
@@ -93,11 +94,12 @@ def _of_runs(frame: pd.DataFrame, run_ids: set[str]) -> pd.DataFrame:
 def leaderboard_view(summary: pd.DataFrame, class_metrics: pd.DataFrame, focus: pd.DataFrame,
                      probes: pd.DataFrame, sanity: pd.DataFrame, details: pd.DataFrame, *,
                      datasets: tuple[str, ...], method: str | None, class_choice: str, by_group: bool,
-                     sort_label: str, baselines: dict[str, float | None]) -> LeaderboardView:
+                     sort_label: str, baselines: dict[str, float | None],
+                     external: pd.DataFrame | None = None) -> LeaderboardView:
     """The leaderboard page's tables from its query results (queries.summary, class_metrics,
-    lung_focus_by_run, probe_results, cam_sanity, run_details) and its widgets' values."""
+    lung_focus_by_run, probe_results, cam_sanity, run_details, external_metrics) and its widgets' values."""
     board = leaderboard(summary[summary.dataset.isin(datasets)], class_metrics, focus, probes, method,
-                        class_choice, baselines, sanity=sanity)
+                        class_choice, baselines, sanity=sanity, external=external)
     run_ids = set(board.run_id) if not board.empty else set()
     if by_group and not board.empty:
         board = seed_board(board, seed_groups(details))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,11 @@ class FakeResultsSpec:
     # otherwise one run `<dataset>-<model>-s<seed>` per seed (a seed group).
     seeds: tuple[int, ...] = ()
     with_phases: bool = True  # runs.<phase>_seconds filled (older result files have them NULL)
+    # External sets every run is scored on, in the stored contract (split 'external:<set>': set_auc,
+    # off_set_share, internal_* metrics, predictions, and the lungs probes '<probe>@external:<set>').
+    # Each set has the classes normal and covid. Empty: none (what the older tests assert).
+    external_sets: tuple[str, ...] = ()
+    n_external: int = 8
 
 
 def lung_mask(size: int) -> np.ndarray:
@@ -203,6 +209,55 @@ def _probes(accuracy: float, on_lungs: bool, other: str | None, k: int, n_test: 
                           "ci_high": min(1, v + 0.1), "detail": d} for p, v, d in rows])
 
 
+EXTERNAL_CLASSES = ("normal", "covid")
+#: the overall metrics of an external split (stored contract) the fixture writes
+EXTERNAL_METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "set_auc", "off_set_share",
+                         "internal_set_auc", "internal_balanced_accuracy", "internal_accuracy")
+
+
+def external_drop(run_id: str, on_lungs: bool) -> float:
+    """The AUC a run loses on an external set: small for a model that reads the lungs, large for a
+    shortcut learner, with a per-run offset (drawn from the run id) so no two runs tie."""
+    jitter = np.random.default_rng(zlib.crc32(run_id.encode())).uniform(-0.04, 0.04)
+    return (0.05 if on_lungs else 0.35) + float(jitter)
+
+
+def _external_tables(spec: FakeResultsSpec, run_id: str, accuracy: float, on_lungs: bool
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(metrics, predictions, probes) rows of one run on each of `spec.external_sets`."""
+    metrics, preds, probes = [], [], []
+    internal_auc = min(0.99, 0.5 + accuracy / 2)
+    for name in spec.external_sets:
+        split = f"external:{name}"
+        drop = external_drop(run_id + split, on_lungs)
+        values = {"internal_set_auc": internal_auc, "set_auc": internal_auc - drop,
+                  "internal_balanced_accuracy": accuracy, "balanced_accuracy": accuracy - 0.8 * drop,
+                  "internal_accuracy": accuracy, "accuracy": accuracy - drop, "macro_auc": internal_auc - drop,
+                  "macro_f1": accuracy - drop - 0.05, "off_set_share": 0.02 if on_lungs else 0.2}
+        for metric in EXTERNAL_METRIC_NAMES:
+            v = float(np.clip(values[metric], 0, 1))
+            metrics.append({"split": split, "metric": metric, "class_name": "", "value": v,
+                            "ci_low": max(0.0, v - 0.06), "ci_high": min(1.0, v + 0.06)})
+        for cls in EXTERNAL_CLASSES:  # per-class rows, as scoring stores them: not the analysis's
+            metrics.append({"split": split, "metric": "sensitivity", "class_name": cls, "value": 0.5,
+                            "ci_low": 0.4, "ci_high": 0.6})
+        for i in range(spec.n_external):
+            label = EXTERNAL_CLASSES[i % 2]
+            pred = label if i % 4 else "pneumonia"
+            probs = [0.1, 0.1, 0.1]
+            probs[list(spec.classes).index(pred) if pred in spec.classes else 0] = 0.8
+            preds.append({"image_id": f"{name}-{i:05d}", "split": split, "label": label, "pred": pred,
+                          "confidence": 0.8, "probs": probs})
+        ext_acc = values["accuracy"]
+        for probe, acc in ((split, ext_acc), (f"intact@{split}", ext_acc),
+                           (f"lungs_removed@{split}", 0.5 if on_lungs else ext_acc - 0.02),
+                           (f"lungs_only@{split}", ext_acc - 0.05 if on_lungs else 0.55)):
+            for metric in ("accuracy",) if probe == split else ("accuracy", "balanced_accuracy", "macro_auc"):
+                probes.append({"probe": probe, "metric": metric, "value": acc, "ci_low": max(0, acc - 0.1),
+                               "ci_high": min(1, acc + 0.1), "detail": None})
+    return pd.DataFrame(metrics), pd.DataFrame(preds), pd.DataFrame(probes)
+
+
 def phase_seconds(m_index: int, seed: int) -> dict[str, float]:
     """Invented but fixed cost per phase of a run (store_seconds is measured by write_run itself)."""
     base = 1.0 + m_index
@@ -237,6 +292,11 @@ def _write_model_run(db: Path, spec: FakeResultsSpec, folder: Path, data: _Data,
               "cams": _cams(spec, test, preds, on_lungs, rng)}
     if spec.with_probes:
         tables["probes"] = _probes(float((preds.label == preds.pred).mean()), on_lungs, other, k, spec.n_test)
+    if spec.external_sets:
+        ext_metrics, ext_preds, ext_probes = _external_tables(spec, run_id, accuracy, on_lungs)
+        tables["metrics"] = pd.concat([tables["metrics"], ext_metrics], ignore_index=True)
+        tables["predictions"] = pd.concat([tables["predictions"], ext_preds], ignore_index=True)
+        tables["probes"] = pd.concat([tables.get("probes", pd.DataFrame()), ext_probes], ignore_index=True)
     run = {"run_id": run_id, "model": model, "dataset": dataset, "pretrained": m_index % 2 == 1,
            "epochs": 3, "epochs_run": 3, "device": "cpu", "status": "done",
            "started_at": dt.datetime(2026, 1, 1), "finished_at": dt.datetime(2026, 1, 1, 0, 5),

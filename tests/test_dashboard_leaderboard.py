@@ -333,3 +333,49 @@ def test_scatter_figure_is_shared_between_sessions_and_never_changed(tmp_path, m
                     "AND run_id = (SELECT min(run_id) FROM runs WHERE status = 'done')")
     at.run()
     assert len(figures) == 3 and 0.123 in [round(y, 3) for t in figures[-1].data for y in ([] if t.y is None else t.y)]
+
+
+EXTERNAL_SET = "external-covid-normal"
+
+
+@pytest.fixture(scope="module")
+def external_db(tmp_path_factory):
+    spec = FakeResultsSpec(datasets=("phantom-shortcut",), models=("shallow", "resnet18", "vgg16"),
+                           methods=("gradcam",), n_test=6, external_sets=(EXTERNAL_SET,))
+    return build_results_db(tmp_path_factory.mktemp("lb-ext"), spec)
+
+
+def test_external_auc_drop_shows_beside_accuracy(external_db, monkeypatch):
+    """A model that is accurate at home and fails on another hospital's images is seen at a glance."""
+    from benchmark.analysis.external import board_columns
+
+    monkeypatch.setenv("CXR_RESULTS_DB", str(external_db))
+    at = open_page()
+    assert not at.exception
+    order = list(at.dataframe[0].proto.column_order)
+    new = ["internal_auc", "external_auc", "auc_drop", "external_set"]
+    assert [c for c in order if c in new] == new
+    assert order.index("accuracy") < order.index("external_auc") < order.index("lung_mass")
+    assert "external_drop" in order  # the accuracy-based drop stays
+    with reader(external_db) as con:
+        expected = board_columns(queries.external_metrics(con)).set_index("run_id")
+    board = _board(at).set_index("run_id")
+    for run_id in board.index:
+        assert board.at[run_id, "auc_drop"] == pytest.approx(expected.at[run_id, "auc_drop"])
+        assert board.at[run_id, "external_auc"] == pytest.approx(expected.at[run_id, "external_auc"])
+        assert board.at[run_id, "external_set"] == EXTERNAL_SET
+    # the shortcut learner is the most accurate here and the one that loses most elsewhere
+    assert board.accuracy.idxmax() == board.auc_drop.idxmax() == "phantom-shortcut-resnet18"
+    at.selectbox(key="lb_sort").set_value("external AUC drop (large first)").run()
+    assert _board(at).auc_drop.is_monotonic_decreasing and not at.exception
+    probes = at.dataframe[1].value
+    removed = probes[(probes.model == "resnet18") & (probes.probe == f"lungs_removed@external:{EXTERNAL_SET}")]
+    intact = probes[(probes.model == "resnet18") & (probes.probe == f"intact@external:{EXTERNAL_SET}")]
+    assert removed.reference.iloc[0] == pytest.approx(intact.accuracy.iloc[0])
+
+
+def test_external_auc_columns_stay_hidden_without_external_scores(app_env):
+    at = open_page()
+    order = list(at.dataframe[0].proto.column_order)
+    assert "auc_drop" not in order and "external_auc" not in order
+    assert _board(at)["auc_drop"].isna().all()  # in the table, for downloads, but empty

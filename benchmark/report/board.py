@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from benchmark.analysis.external import BOARD_COLUMNS, board_columns
+
 MEAN_OVER_CLASSES = "mean over classes"
 # Which CAM method a page shows first: the audit's own default for lung focus (fine enough to
 # tell a lung-reading model from a shortcut one on the phantom), else the paper's Grad-CAM.
@@ -48,12 +50,14 @@ def _per_class(class_metrics: pd.DataFrame, class_choice: str) -> pd.DataFrame:
 
 def leaderboard(summary: pd.DataFrame, class_metrics: pd.DataFrame, focus: pd.DataFrame,
                 probes: pd.DataFrame, method: str | None, class_choice: str = MEAN_OVER_CLASSES,
-                baselines: dict[str, float | None] | None = None, sanity: pd.DataFrame | None = None
-                ) -> pd.DataFrame:
+                baselines: dict[str, float | None] | None = None, sanity: pd.DataFrame | None = None,
+                external: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per done run: accuracy, sensitivity, specificity, AUC with CIs, lung focus of
     `method`'s maps, the lungs-removed probe, the worst external-validation drop, the source
     probes (`source_summary`) and, with `sanity` (queries.cam_sanity), the CAM sanity check of
-    `method` (`sanity_summary`).
+    `method` (`sanity_summary`). With `external` (queries.external_metrics), `internal_auc`,
+    `external_auc`, `auc_drop` and `external_set`: the set where the run's AUC fell most
+    (analysis.external.board_columns); NaN without it.
 
     With a class chosen, sensitivity/specificity/AUC are that class's (one-vs-rest, with CIs);
     with `MEAN_OVER_CLASSES` they are means over classes and AUC is the stored macro AUC.
@@ -90,7 +94,8 @@ def leaderboard(summary: pd.DataFrame, class_metrics: pd.DataFrame, focus: pd.Da
     board = board.merge(probe_summary(probes, summary), on="run_id", how="left")
     board = board.merge(source_summary(probes), on="run_id", how="left")
     board = board.merge(sanity_summary(sanity, method), on="run_id", how="left")
-    for col in SOURCE_COLUMNS[1:] + SANITY_COLUMNS[1:-1]:  # numeric even where no run has them
+    board = board.merge(board_columns(external), on="run_id", how="left")
+    for col in SOURCE_COLUMNS[1:] + SANITY_COLUMNS[1:-1] + BOARD_COLUMNS[1:-1]:  # numeric even where no run has them
         board[col] = pd.to_numeric(board[col], errors="coerce")
     return board
 
@@ -177,9 +182,25 @@ def probe_summary(probes: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def _probe_reference(probe: str, p: pd.DataFrame, test_acc: float | None, intact_ref: float | None):
+    """What one probe row is compared with. A probe on an external set's images
+    (`<probe>@external:<set>`) is compared with `intact@external:<set>` (the same images, intact),
+    else with the set's own accuracy; 'intact' probes are the reference, so they have none."""
+    name, _, images = probe.partition("@")
+    if name == "intact":
+        return None
+    if images:
+        own = p[p.probe == f"intact@{images}"]
+        if own.empty:
+            own = p[p.probe == images]
+        return float(own.iloc[0].value) if not own.empty else None
+    return test_acc if probe.startswith("external:") else intact_ref
+
+
 def probe_table(probes: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     """Long table of every probe with its CI and its change from the reference accuracy: the
-    'intact' probe for lungs_removed / lungs_only, the run's test accuracy for external sets."""
+    'intact' probe for lungs_removed / lungs_only, the run's test accuracy for external sets, and
+    `intact@external:<set>` for the lungs probes on that set's images (`<probe>@external:<set>`)."""
     cols = ["dataset", "model", "probe", "accuracy", "95% CI", "reference", "change"]
     if probes.empty:
         return pd.DataFrame(columns=cols)
@@ -189,7 +210,7 @@ def probe_table(probes: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
         test_acc = float(acc[run_id]) if run_id in acc.index and pd.notna(acc[run_id]) else None
         intact_ref = _reference_accuracy(p, test_acc)
         for r in p.itertuples(index=False):
-            ref = None if r.probe == "intact" else (test_acc if r.probe.startswith("external:") else intact_ref)
+            ref = _probe_reference(r.probe, p, test_acc, intact_ref)
             out.append({"dataset": r.dataset, "model": r.model, "probe": r.probe, "accuracy": r.value,
                         "95% CI": ci_text(r.ci_low, r.ci_high), "reference": ref,
                         "change": None if ref is None else r.value - ref})

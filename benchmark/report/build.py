@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark import __version__
+from benchmark.analysis import external as ext_analysis
 from benchmark.data.stored import lung_share
 from benchmark.errors import BenchmarkError
 from benchmark.report import cam_panels, evidence, figures, measures, performance, seeds, tables
@@ -32,7 +33,7 @@ TITLE = "Shortcut audit of chest X-ray classifiers: replication report"
 #: columns whose spread over seeds the tables show (others are pooled by their mean only)
 SPREAD = ("accuracy", "balanced_accuracy", "specificity", "macro_auc", "lung_mass", "lung_focus_score",
           "pointing_game", "probe_intact", "probe_lungs_removed", "probe_lungs_only", "lungs_removed_drop",
-          "sensitivity", "auc", "internal_accuracy", "external_accuracy", "drop")
+          "sensitivity", "auc", "internal_accuracy", "external_accuracy", "drop", "external_auc", "auc_drop")
 RUN_KEYS = ["run_id", "dataset", "model", "pretrained", "lungs_only"]
 
 
@@ -55,6 +56,7 @@ class Inputs:
     failed: pd.DataFrame
     mask_paths: dict[str, list[str]]
     sanity: pd.DataFrame = field(default_factory=pd.DataFrame)  # queries.cam_sanity
+    external_metrics: pd.DataFrame = field(default_factory=pd.DataFrame)  # queries.external_metrics
 
 
 def read_inputs(con) -> Inputs:
@@ -71,7 +73,7 @@ def read_inputs(con) -> Inputs:
         skips=queries.cam_skips(con), segmenters=queries.segmenters(con),
         failed=all_runs[all_runs.status != "done"],
         mask_paths={d: list(queries.mask_paths(con, d).mask_path) for d in queries.datasets(con)},
-        sanity=queries.cam_sanity(con))
+        sanity=queries.cam_sanity(con), external_metrics=queries.external_metrics(con))
 
 
 def build_report(db: str | Path, *, n_boot: int = ROC_BOOT) -> Report:
@@ -110,7 +112,7 @@ def compose(db: Path, inputs: Inputs, *, n_boot: int = ROC_BOOT) -> Report:
     keys = inputs.details[RUN_KEYS]
 
     board = measures.run_board(inputs.summary, inputs.class_metrics, inputs.focus, inputs.probes, inputs.overall,
-                               method, baselines)
+                               method, baselines, sanity=inputs.sanity, external=inputs.external_metrics)
     grouped = _order(seeds.aggregate(board, groups, spread=SPREAD))
     per_class = measures.per_class(inputs.class_metrics).merge(keys, on="run_id")
     per_class = seeds.aggregate(per_class, groups, by=("class_name",), spread=SPREAD)
@@ -145,6 +147,7 @@ def compose(db: Path, inputs: Inputs, *, n_boot: int = ROC_BOOT) -> Report:
         Section("Confusion matrices and calibration", tuple(_confusion_calibration_figures(inputs, groups))),
         Section("CAMs of the likeliest shortcut learners", tuple(_cam_figures(db, board, groups, inputs, method))),
         Section("External validation", (tables.external_table(_order_like(external, grouped)),)),
+        Section("Does the audit predict external failure?", _external_failure(inputs, board, method)),
         Section("Shortcut evidence beyond CAMs", (
             Paragraph("Two checks that do not rest on where the maps lie. The source probe asks whether the source "
                       "database can be recognised at all (if it can, a source shortcut is available to every "
@@ -158,6 +161,40 @@ def compose(db: Path, inputs: Inputs, *, n_boot: int = ROC_BOOT) -> Report:
         Section("Cost per phase", (tables.cost_table(costs),)),
     )
     return Report(TITLE, header, sections)
+
+
+def _external_failure(inputs: Inputs, board: pd.DataFrame, method: str | None) -> tuple:
+    """Per run, the drop on each external set beside its audit (Table 5); across runs, each audit
+    measure's rank correlation with the drop (Table 6); one figure per set, each measure against the
+    AUC drop. Runs, not seed groups: each run is one point of the correlation."""
+    drops = ext_analysis.drop_table(inputs.external_metrics, board)
+    intro = Paragraph(
+        "The harm a shortcut warning exists to prevent is a model that fails in another hospital. Here each run "
+        "scored on an external set shows how much it lost there (internal minus external AUC, on the same "
+        "classes) beside what its audit said on its own test images; and, across runs, whether each audit "
+        "measure ranks the runs the way their losses rank them: which warning would have caught the failure.")
+    if drops.empty:
+        return (intro, Paragraph("No external set is scored with AUCs yet: an experiment's `external` sets (for "
+                                 "example `external = [\"auto\", \"external-covid-normal\"]`) add them to every "
+                                 "checkpoint whose classes include the set's."),)
+    drops = drops.assign(label=[tables.model_label(r) for r in drops.to_dict("records")])
+    corr = ext_analysis.correlations(drops)
+    blocks = [intro, tables.external_drop_table(drops, method),
+              tables.drop_correlation_table(corr, ext_analysis.FEW_RUNS_NOTE)]
+    for name, rows in drops.groupby("external_set", sort=True):
+        stats = corr[(corr.external_set == name) & (corr["drop"] == "auc_drop")].set_index("measure")
+        titles = {m: (f"rho {r.rho:.2f}" + (f" [{r.ci_low:.2f}, {r.ci_high:.2f}]" if pd.notna(r.ci_low) else "")
+                      + f", n = {r.n_runs}" if pd.notna(r.rho) else f"n = {r.n_runs}: no rho")
+                  for m, r in stats.iterrows()}
+        blocks.append(Figure(
+            f"external-drop-{_slug(str(name))}", f"Figure 5. Each audit measure against the AUC drop on {name}",
+            figures.drop_scatter(rows, ext_analysis.AUDIT_MEASURES, titles),
+            "One point per run, labelled with its model and coloured by the dataset it was trained on. y: internal "
+            "minus external AUC (above 0: worse elsewhere). A warning that works puts the lung-reliance measures "
+            "(lung mass, focus, pointing game, lungs-only accuracy) on a falling line and lungs-removed accuracy "
+            "and the source probe on a rising one. Panel titles: Spearman's rho, its 95% bootstrap CI over runs, "
+            "and the runs it rests on (few runs: a wide CI)."))
+    return tuple(blocks)
 
 
 def _order_like(frame: pd.DataFrame, grouped: pd.DataFrame) -> pd.DataFrame:

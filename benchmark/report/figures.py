@@ -235,3 +235,38 @@ def reliability_grid(panels: list[tuple[str, object]], columns: int = 4) -> byte
         ax.set_ylabel("accuracy", fontsize=8)
         ax.set_title(f"{title}\nECE {rel.ece:.3f}, n = {rel.n}", fontsize=9)
     return to_png(fig)
+
+
+def drop_scatter(drops: pd.DataFrame, measures, titles: dict[str, str], drop: str = "auc_drop",
+                 drop_label: str = "AUC drop", columns: int = 4) -> bytes:
+    """Small multiples: one panel per audit measure (objects with `.column` and `.label`), the
+    measure against the external `drop`, one point per run labelled with its `label` (else `model`),
+    coloured by the dataset it was trained on; `titles[column]` is the panel's second title line."""
+    fig, rows, cols = _grid(len(measures), columns, 3.4, 3.3)
+    labels = drops["label"] if "label" in drops else drops.get("model", pd.Series("", index=drops.index))
+    colours = _colours(drops["dataset"].astype(str)) if not drops.empty else {}
+    y_all = pd.to_numeric(drops.get(drop, pd.Series(dtype=float)), errors="coerce")
+    for i, m in enumerate(measures):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        x = pd.to_numeric(drops.get(m.column, pd.Series(np.nan, index=drops.index)), errors="coerce")
+        ok = x.notna() & y_all.notna()
+        ax.axhline(0, color="#999", linewidth=0.8, linestyle=":")
+        for dataset in sorted(colours):
+            sel = ok & (drops["dataset"].astype(str) == dataset)
+            ax.scatter(x[sel], y_all[sel], s=22, color=colours[dataset], label=dataset)
+        for j in np.flatnonzero(ok.to_numpy()):
+            ax.annotate(str(labels.iloc[j]), (x.iloc[j], y_all.iloc[j]), textcoords="offset points",
+                        xytext=(3, 3), fontsize=6)
+        if not ok.any():
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            ax.set_xticks([])
+        ax.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
+        ax.set_title(f"{m.label}\n{titles.get(m.column, '')}", fontsize=8)
+        ax.set_xlabel(m.label, fontsize=7)
+        if i % cols == 0:
+            ax.set_ylabel(f"{drop_label} (internal - external)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+        if i == 0 and colours:
+            ax.legend(title="trained on", fontsize=6, title_fontsize=6, loc="best")
+    return to_png(fig)

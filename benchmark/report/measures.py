@@ -32,10 +32,13 @@ def _wide(rows: pd.DataFrame, index: list[str], name_col: str) -> pd.DataFrame:
 
 
 def run_board(summary: pd.DataFrame, class_metrics: pd.DataFrame, focus: pd.DataFrame, probes: pd.DataFrame,
-              overall: pd.DataFrame, method: str | None, baselines: dict[str, float | None]) -> pd.DataFrame:
-    """The leaderboard (means over classes) plus balanced accuracy with its CI, and the lungs
-    probes (intact, lungs_removed, lungs_only) with their CIs, one row per done run."""
-    board = leaderboard(summary, class_metrics, focus, probes, method, MEAN_OVER_CLASSES, baselines)
+              overall: pd.DataFrame, method: str | None, baselines: dict[str, float | None],
+              sanity: pd.DataFrame | None = None, external: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The leaderboard (means over classes; with `sanity` and `external`, the CAM sanity check and
+    the external AUC drop too) plus balanced accuracy with its CI, and the lungs probes (intact,
+    lungs_removed, lungs_only) with their CIs, one row per done run."""
+    board = leaderboard(summary, class_metrics, focus, probes, method, MEAN_OVER_CLASSES, baselines,
+                        sanity=sanity, external=external)
     if board.empty:
         return board
     bal = overall[(overall.metric == "balanced_accuracy") & (overall.class_name.fillna("") == "")]

@@ -67,18 +67,38 @@ def model_label(row) -> str:
     return f"{row['model']} ({', '.join(extra)})" if extra else str(row["model"])
 
 
+def _text(value) -> str:
+    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def _has_external_auc(frame: pd.DataFrame) -> bool:
+    return "external_auc" in frame and pd.to_numeric(frame["external_auc"], errors="coerce").notna().any()
+
+
 def study_table(groups: pd.DataFrame) -> Table:
-    """The paper's table: accuracy, sensitivity, specificity and AUC with CIs per model x database."""
-    rows = [{"Dataset": r["dataset"], "Model": model_label(r), "Seeds": _seeds(r), "n test": count(r.get("n_test")),
-             "Accuracy": cell(r, "accuracy"), "Sensitivity (macro)": cell(r, "balanced_accuracy"),
-             "Specificity (macro)": cell(r, "specificity", ci=False), "AUC (macro)": cell(r, "macro_auc"),
-             RUN_ID: r["run_id"]} for r in _records(groups)]
+    """The paper's table: accuracy, sensitivity, specificity and AUC with CIs per model x database;
+    where any run was scored on an external set, its AUC there and the drop, so an accurate model
+    that fails elsewhere shows in the first table."""
+    external = _has_external_auc(groups)
+    rows = []
+    for r in _records(groups):
+        row = {"Dataset": r["dataset"], "Model": model_label(r), "Seeds": _seeds(r), "n test": count(r.get("n_test")),
+               "Accuracy": cell(r, "accuracy"), "Sensitivity (macro)": cell(r, "balanced_accuracy"),
+               "Specificity (macro)": cell(r, "specificity", ci=False), "AUC (macro)": cell(r, "macro_auc")}
+        if external:
+            row.update({"Internal AUC (set's classes)": cell(r, "internal_auc", ci=False),
+                        "External AUC": cell(r, "external_auc", ci=False), "AUC drop": cell(r, "auc_drop", ci=False),
+                        "External set": _text(r.get("external_set"))})
+        rows.append({**row, RUN_ID: r["run_id"]})
     return Table("Table 1. Test-split metrics per model and database", pd.DataFrame(rows), notes=(
         "95% CIs by patient bootstrap (all images of a drawn patient; stored per run in `metrics`).",
         "Sensitivity (macro) is the mean per-class sensitivity, i.e. balanced accuracy, with its own CI. "
         "Specificity (macro) is the mean per-class specificity; a mean of per-class CIs is not a CI, so none "
         "is shown: Table 2 gives each class's sensitivity, specificity and AUC with CIs.",
         "AUC (macro): binary data, the AUC of the second class; otherwise the mean one-vs-rest AUC.",
+        *(("External AUC: on another hospital's images, the set where the AUC fell most; internal AUC: the same "
+           "rule on the run's own test images of the set's classes; AUC drop = internal - external (Table 5 "
+           "gives every set).",) if external else ()),
         *_seed_notes(groups)))
 
 
@@ -126,6 +146,52 @@ def external_table(groups: pd.DataFrame) -> Table:
         "a large drop means the model learned something about its own database, not the disease.",
         *_seed_notes(groups)), empty_text="No external validation stored (`cxr-audit evaluate`, or an experiment's "
                                 "external pairs, add it).")
+
+
+def external_drop_table(drops: pd.DataFrame, method: str | None) -> Table:
+    """Per run and external set (analysis.external.drop_table): the AUC and balanced-accuracy drops
+    beside the run's audit measures, largest AUC drop first."""
+    rows = [{"Model": model_label(r), "Trained on": r["dataset"], "External set": r["external_set"],
+             "Internal AUC": num(r.get("internal_set_auc")), "External AUC": cell(r, "set_auc"),
+             "AUC drop": num(r.get("auc_drop")), "Bal. acc. drop": num(r.get("bacc_drop")),
+             "Off-set share": num(r.get("off_set_share")), "Images": count(r.get("n_images")),
+             "Lung mass - uniform": num(r.get("lung_mass_above_uniform")),
+             "Focus score": num(r.get("lung_focus_score"), 2), "Pointing game": num(r.get("pointing_game")),
+             "Acc. lungs removed": num(r.get("lungs_removed_acc")), "Acc. lungs only": num(r.get("lungs_only_acc")),
+             "Source AUC": num(r.get("source_auc")), "Sanity rank corr.": num(r.get("sanity_rank_corr"), 2),
+             RUN_ID: r["run_id"]} for r in _records(drops)]
+    return Table("Table 5. The external drop beside the audit, per run", pd.DataFrame(rows), notes=(
+        "External AUC: for a two-class set, the AUC of p(its last class, e.g. covid) over the set's images; for "
+        "more classes, the mean one-vs-rest AUC over the set's classes (95% CI by patient bootstrap). Internal "
+        "AUC: the same rule on the run's own test images whose class the set has, so a 3- or 4-class model is "
+        "compared on the same question. Drop = internal - external; bal. acc. drop likewise with the mean "
+        "recall over the set's classes.",
+        "Off-set share: the share of the set's images the model put in a class the set does not have (a 4-class "
+        "model calling covid images bacterial pneumonia).",
+        f"Audit measures from the {method or '(no CAMs)'} maps and the probes on the run's own test images "
+        "(Table 3), before it saw the external set. Lung mass - uniform: above 0 = the maps favour the lungs.",
+        ), empty_text="No run has an external AUC stored.")
+
+
+def drop_correlation_table(corr: pd.DataFrame, few_runs_note: str) -> Table:
+    """Across runs, per external set: each audit measure's rank correlation with each drop, its CI,
+    the runs it rests on, the sign it should have if the warning is right, and the verdict."""
+    rows = [{"External set": r.get("external_set", ""), "Measure": r["measure_label"], "Drop": r["drop_label"],
+             "Expected sign": {-1: "negative", 1: "positive"}.get(int(r["expected_sign"]), "none"),
+             "Spearman rho": num(r["rho"], 2),
+             "95% CI": "" if pd.isna(r["ci_low"]) else f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+             "Runs": count(r["n_runs"]), "Verdict": r["verdict"], "Note": r["note"]} for r in _records(corr)]
+    return Table("Table 6. Does the audit predict the external drop? Rank correlations across runs",
+                 pd.DataFrame(rows), notes=(
+        few_runs_note,
+        "Expected sign: negative for measures of lung reliance (lung mass, focus score, pointing game, accuracy "
+        "from the lungs alone): the more a model reads the lungs, the less it should lose elsewhere; positive "
+        "for signs of a shortcut (accuracy kept with the lungs removed, a recognisable source). The CAM sanity "
+        "check says whether the maps can be trusted at all, not which way the drop goes.",
+        "95% CI: percentiles of rho over resamples of the runs (with replacement; a resample in which either "
+        "variable is constant is skipped). Blank: too few runs, a measure the same for every run, or one not "
+        "measured (Note)."),
+        empty_text="No run has an external AUC stored.")
 
 
 def cost_table(costs: pd.DataFrame) -> Table:

@@ -387,6 +387,35 @@ def cam_sanity(con) -> pd.DataFrame:
         """).df()
 
 
+# ----------------------------------------------------------------------------- external drops
+# What benchmark.analysis.external compares with the audit: each done run's scores on other
+# datasets (split 'external:<set>'), and the same rules on its own test split ('internal_*').
+
+#: the overall (class_name '') metrics of an external split that the external-drop analysis reads
+EXTERNAL_METRICS = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "set_auc", "off_set_share",
+                    "internal_set_auc", "internal_balanced_accuracy", "internal_accuracy")
+
+
+def external_metrics(con) -> pd.DataFrame:
+    """Long rows (run_id, dataset, model, split, external_set, metric, value, ci_low, ci_high,
+    n_images) of every done run's external scores: metrics of splits 'external:<set>' with
+    class_name '' and a metric in EXTERNAL_METRICS; `n_images` counts the run's predictions in
+    that split (NULL where none are stored)."""
+    return con.execute(
+        """
+        WITH n AS (
+            SELECT run_id, split, count(*) AS n_images FROM predictions
+            WHERE split LIKE 'external:%' GROUP BY run_id, split)
+        SELECT m.run_id, r.dataset, r.model, m.split, substr(m.split, length('external:') + 1) AS external_set,
+               m.metric, m.value, m.ci_low, m.ci_high, n.n_images
+        FROM metrics m JOIN runs r ON r.run_id = m.run_id
+        LEFT JOIN n ON n.run_id = m.run_id AND n.split = m.split
+        WHERE r.status = 'done' AND m.split LIKE 'external:%' AND m.class_name = ''
+          AND list_contains(?::VARCHAR[], m.metric)
+        ORDER BY r.dataset, r.model, m.run_id, m.split, m.metric
+        """, [list(EXTERNAL_METRICS)]).df()
+
+
 # ----------------------------------------------------------------------------- dashboard reads sized to the view
 # The compare and misclassification pages fetch only what they draw: one image's row, predictions and
 # maps; one gallery page (filtered, ordered and paged here) and its count; the filter choices as one

@@ -59,11 +59,14 @@ if board.empty:
 
 num = st.column_config.NumberColumn
 seed_cols = ["n_seeds"] if by_group else []
+# beside accuracy, so a model accurate at home that fails on another hospital's images shows at a glance
+external_cols = (["internal_auc", "external_auc", "auc_drop"] + (["auc_drop_sd"] if by_group else [])
+                 + ["external_set"]) if board["external_auc"].notna().any() else []
 sd_help = "SD over the group's seeds (sample SD; blank with one seed)"
 st.dataframe(
     table, key="lb_table", hide_index=True, height=35 * (min(len(table), 15) + 1) + 3,
     column_order=["dataset", "model"] + seed_cols + ["accuracy", "accuracy_ci"]
-                 + (["accuracy_sd"] if by_group else []) + ["lung_mass", "n_scored"]
+                 + (["accuracy_sd"] if by_group else []) + external_cols + ["lung_mass", "n_scored"]
                  + (["lung_mass_sd"] if by_group else []) + ["uniform_baseline",
                   "lung_mass_vs_uniform", "lung_mass_ceiling", "lung_focus_score"]
                  + (["lung_focus_score_sd"] if by_group else []) + ["pointing_game"]
@@ -112,6 +115,20 @@ st.dataframe(
         "external_drop": num("External drop", format="%.3f",
                              help="Test accuracy minus accuracy on another dataset (the worst one)"),
         "external_dataset": "External set",
+        "internal_auc": num("Internal AUC", format="%.3f",
+                            help="AUC on this run's own test images, counting only the classes the external set "
+                                 "has (two-class set: the AUC of its last class, e.g. covid; more classes: the mean "
+                                 "one-vs-rest AUC), so it asks the same question as the external AUC"),
+        "external_auc": num("External AUC", format="%.3f",
+                            help="The same AUC on another hospital's images (the external set in the next "
+                                 "columns: where the AUC fell most when there are several)"),
+        "auc_drop": num("AUC drop", format="%.3f",
+                        help="Internal AUC minus external AUC: a large drop means the model learned something "
+                             "about its own database rather than the disease; the report's section 'Does the "
+                             "audit predict external failure?' sets it beside every audit measure"),
+        "auc_drop_sd": num("AUC drop SD (seeds)", format="%.3f", help=sd_help),
+        "external_set": st.column_config.TextColumn(
+            "AUC drop on", help="The external set of the AUC columns: the one with the largest AUC drop"),
         "source_auc": num("Source AUC", format="%.3f",
                           help="Source probe (Zech et al. 2018): macro AUC of a logistic regression telling the "
                                "source database apart from the model's penultimate features (fitted on the train "
@@ -161,8 +178,9 @@ st.caption("Dashed lines: the uniform-map baseline, i.e. the lungs' share of the
 
 st.subheader("Shortcut probes")
 st.caption("lungs_removed: test images with the lungs blanked out; lungs_only: everything but the lungs "
-           "blanked out; external:<dataset>: the model applied to another dataset. A model that keeps its "
-           "accuracy without the lungs, or loses it on another hospital's images, learned a shortcut.")
+           "blanked out; external:<dataset>: the model applied to another dataset; <probe>@external:<dataset>: "
+           "the lungs probes on that dataset's images. A model that keeps its accuracy without the lungs, or "
+           "loses it on another hospital's images, learned a shortcut.")
 probe_rows = view.probes
 if probe_rows.empty:
     st.info("No probe results stored yet.")
@@ -170,7 +188,9 @@ else:
     st.dataframe(probe_rows, key="lb_probes", hide_index=True, column_config={
         "accuracy": num(format="%.3f"), "reference": num("compared with", format="%.3f",
                                                          help="intact accuracy on the same images (lungs "
-                                                              "probes) or test accuracy (external sets)"),
+                                                              "probes, also intact@external:<dataset> for those "
+                                                              "on an external set) or test accuracy (external "
+                                                              "sets)"),
         "change": num(format="%+.3f")})
     downloads.table_buttons(probe_rows, "shortcut-probes", "lb_probes")
 
