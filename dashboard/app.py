@@ -9,7 +9,10 @@ import streamlit as st
 
 from dashboard import cache, common
 
-st.set_page_config(page_title="CXR shortcut audit", page_icon=":material/radiology:", layout="wide")
+# The tab's icon is an emoji, which the browser draws itself: for a `:material/...:` page icon
+# streamlit points the favicon at a font CDN, a request that leaves the network (and fails offline).
+# Material icons inside the pages are fine: they come from the font streamlit serves.
+st.set_page_config(page_title="CXR shortcut audit", page_icon="🩻", layout="wide")
 # the live CAM's worker starts with the first session (with --live-workers 0: torch's imports, in
 # the background while the first page draws)
 cache.model_worker(cache.settings().live_workers)

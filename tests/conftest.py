@@ -1,6 +1,7 @@
 """Shared fixtures: where the real data pack and the hostile files are, tiny image writers."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,22 +14,87 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 CXR_DATA = Path(os.environ.get("CXR_DATA", REPO.parent / "shared" / "data" / "cxr"))
 BAD_INPUTS = Path(os.environ.get("BAD_INPUTS", REPO.parent / "shared" / "data" / "bad-inputs"))
+CXR_EXTERNAL = Path(os.environ.get("CXR_EXTERNAL", REPO.parent / "shared" / "data" / "cxr-external"))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium, chromium-driver
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+pytest_plugins = ["pytester"]  # tests/test_ci_prerequisites.py runs small sessions of its own
+
+
+# --- prerequisites: skipped on a developer's machine, a failure in CI ---
+
+def in_ci() -> bool:
+    """$CI is true (.ci/run sets it, as CI services do): a missing prerequisite fails the run."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def require(condition: object, reason: str) -> None:
+    """Go on when `condition` holds. Otherwise skip with `reason`, or, under CI=true, fail with it:
+    CI must not pass by skipping what it claims to test."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"{reason} [CI=true: a missing prerequisite fails instead of skipping]", pytrace=False)
+    pytest.skip(reason)
+
+
+class CiSkipGuard:
+    """Under CI=true, any skipped test other than one marked `cuda` fails the session: they are
+    listed after pytest's own summary and the exit status becomes TESTS_FAILED."""
+
+    def __init__(self) -> None:
+        self.skipped: list[tuple[str, str]] = []
+
+    @staticmethod
+    def _reason(report) -> str:
+        longrepr = report.longrepr
+        text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        return text.removeprefix("Skipped: ")
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.skipped and not hasattr(report, "wasxfail") and "cuda" not in report.keywords:
+            self.skipped.append((report.nodeid, self._reason(report)))
+
+    def pytest_collectreport(self, report) -> None:
+        if report.skipped:  # a module that skipped itself while being collected
+            self.skipped.append((report.nodeid, self._reason(report)))
+
+    def pytest_sessionfinish(self, session) -> None:
+        if self.skipped and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.skipped:
+            terminalreporter.write_sep("=", f"CI=true: {len(self.skipped)} skipped outside the cuda tier "
+                                            "(each one fails the run)", red=True)
+            for nodeid, reason in self.skipped:
+                terminalreporter.write_line(f"SKIPPED {nodeid}: {reason}")
+
+
+def pytest_configure(config) -> None:
+    if in_ci():
+        config.pluginmanager.register(CiSkipGuard(), "ci-skip-guard")
+
 
 @pytest.fixture(scope="session")
 def cxr_root() -> Path:
-    if not (CXR_DATA / "cohen" / "manifest.csv").is_file():
-        pytest.skip(f"real-data pack not found at {CXR_DATA} (set CXR_DATA)")
+    require((CXR_DATA / "cohen" / "manifest.csv").is_file(),
+            f"real-data pack not found at {CXR_DATA} (set CXR_DATA)")
     return CXR_DATA
 
 
 @pytest.fixture(scope="session")
+def external_root() -> Path:
+    """The external-validation pack (hannover covid, openist normal with lung masks)."""
+    require((CXR_EXTERNAL / "openist" / "manifest.csv").is_file(),
+            f"external pack not found at {CXR_EXTERNAL} (set CXR_EXTERNAL)")
+    return CXR_EXTERNAL
+
+
+@pytest.fixture(scope="session")
 def bad_inputs() -> Path:
-    if not BAD_INPUTS.is_dir():
-        pytest.skip(f"bad-inputs folder not found at {BAD_INPUTS} (set BAD_INPUTS)")
+    require(BAD_INPUTS.is_dir(), f"bad-inputs folder not found at {BAD_INPUTS} (set BAD_INPUTS)")
     return BAD_INPUTS
 
 
@@ -77,12 +143,16 @@ def app_env(results_db, monkeypatch):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    """A headless Chromium (selenium) for the browser tests; skipped when it is not installed.
+    """A headless Chromium (selenium) for the browser tests; skipped when it is not installed (a
+    failure under CI=true).
 
-    The browser's console is logged (`driver.get_log("browser")`), so a test can fail on errors.
+    The browser's console is logged (`driver.get_log("browser")`), so a test can fail on errors, and
+    so is every request it makes (`requested_urls(driver)`). No host name resolves but localhost:
+    the browser is as offline as a hospital's, whatever network this machine has, and a request to
+    another host fails (a console error) as well as being listed.
     """
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.skip(f"chromium not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium chromium-driver")
+    require(shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER),
+            f"chromium not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -92,12 +162,33 @@ def browser(tmp_path_factory):
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1500,1200",
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    opts.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": False})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(60)
     try:
         yield driver
     finally:
         driver.quit()
+
+
+#: the DevTools events of the performance log that name a URL the page asked for
+_REQUEST_EVENTS = {"Network.requestWillBeSent": ("request", "url"), "Network.webSocketCreated": ("url",)}
+
+
+def requested_urls(driver) -> list[str]:
+    """Every URL the browser asked for (documents, scripts, fonts, images, fetches, websockets) since
+    the last call; this drains the performance log."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        path = _REQUEST_EVENTS.get(message.get("method"))
+        if path:
+            value = message.get("params", {})
+            for key in path:
+                value = value.get(key, {})
+            urls.append(str(value))
+    return urls

@@ -441,7 +441,8 @@ def test_zoo_models_fast_path_and_cam_applicability(name):
 
 # --- on a GPU (skipped without one) ---
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fast_path_on_cuda_matches_the_cpu_reference():
     from benchmark.cams.fast import grad_cams
 

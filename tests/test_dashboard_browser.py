@@ -1,9 +1,12 @@
 """End to end in a real headless Chromium: a phantom benchmark run, the dashboard served on its DB.
 
 Every page must render its main elements, and an upload in Live CAM must come back with CAM
-overlays. Screenshots of each page are saved in the test's tmp folder (look at them when
-changing a page). Needs Debian's chromium and chromium-driver (CI installs them); the `browser`
-fixture (tests/conftest.py) skips only when they are absent.
+overlays. Every page works offline and quietly: nothing at error level in the browser console
+(JavaScript errors and failed loads alike) and no request to any host but the dashboard's server
+(the `browser` fixture resolves no other host, as in a hospital without internet). Screenshots of
+each page are saved in the test's tmp folder (look at them when changing a page). Needs Debian's
+chromium and chromium-driver (CI installs them); the `browser` fixture (tests/conftest.py) skips
+only when they are absent, and fails then under CI=true.
 """
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, requested_urls
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -107,6 +111,25 @@ def _settle_text(driver, text: str, timeout: float = 90) -> str:
     return found
 
 
+def _go(driver, page: str, timeout: float = 90) -> None:
+    """Open `page` as a user does, through the sidebar's link (in-app navigation). A typed URL of a page
+    other than the first makes streamlit's client probe `<page>/_stcore/health` before the server's
+    root, two 404s in the console, so the pages are reached from the root as a visitor reaches them."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def click(d):
+        links = d.find_elements(By.CSS_SELECTOR, f'a[data-testid="stSidebarNavLink"][href$="/{page}"]')
+        try:
+            return links and (links[0].click() or True)
+        except StaleElementReferenceException:  # the sidebar redrew under us: look again
+            return False
+
+    WebDriverWait(driver, timeout, poll_frequency=0.3).until(click)
+    WebDriverWait(driver, timeout, poll_frequency=0.3).until(lambda d: d.current_url.rstrip("/").endswith(f"/{page}"))
+
+
 def _shot(driver, path: Path) -> None:
     height = driver.execute_script(
         "const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : 1200")
@@ -116,32 +139,56 @@ def _shot(driver, path: Path) -> None:
     driver.set_window_size(1500, 1200)
 
 
+def _offline_and_quiet(driver, server: str, page: str) -> list[str]:
+    """Since the last call: no console entry at error level, and every request went to `server`.
+    Returns the URLs requested."""
+    own = urlsplit(server).netloc
+    urls = requested_urls(driver)
+    foreign = [url for url in urls
+               if urlsplit(url).scheme in ("http", "https", "ws", "wss") and urlsplit(url).netloc != own]
+    assert not foreign, f"{page}: requests to hosts other than {own}: {foreign}"
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, f"{page}: console errors: {errors}"
+    return urls
+
+
+def _fresh_logs(driver) -> None:
+    """Drop what earlier pages logged (console and requests)."""
+    driver.get_log("browser")
+    requested_urls(driver)
+
+
 def test_every_page_renders_and_live_cam_shows_overlays(server, browser, tmp_path, cxr_data_file):
     from selenium.webdriver.common.by import By
 
+    _fresh_logs(browser)
     browser.get(server)
     _settle(browser, '[data-testid="stDataFrame"]')
     assert "Leaderboard" in browser.find_element(By.TAG_NAME, "h1").text
     assert "shallow" in browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text or \
         browser.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"] canvas')
     _shot(browser, tmp_path / "leaderboard.png")
+    urls = _offline_and_quiet(browser, server, "leaderboard")
+    assert server + "/" in urls and any(u.startswith("ws://") for u in urls), urls  # the log sees requests
 
-    browser.get(server + "/compare")
+    _go(browser, "compare")
     _settle(browser, '[data-testid="stImage"] img')
     assert "Compare" in browser.find_element(By.TAG_NAME, "h1").text
     assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"] img')) >= 2  # X-ray + model
     assert "pred" in browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
     _shot(browser, tmp_path / "compare.png")
+    _offline_and_quiet(browser, server, "compare")
 
-    browser.get(server + "/misclassifications")
+    _go(browser, "misclassifications")
     _settle(browser, ".st-key-mis_export_csv")
     text = browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
     assert "predictions" in text
     if "No prediction passes" not in text:
         assert browser.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"] img')
     _shot(browser, tmp_path / "misclassifications.png")
+    _offline_and_quiet(browser, server, "misclassifications")
 
-    browser.get(server + "/live_cam")
+    _go(browser, "live_cam")
     upload = _settle(browser, '.st-key-live_upload input[type="file"]')[0]
     upload.send_keys(str(cxr_data_file))
     _settle_text(browser, "on CPU:")  # the timing line closes the results
@@ -150,6 +197,7 @@ def test_every_page_renders_and_live_cam_shows_overlays(server, browser, tmp_pat
     assert len(main.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"] img')) >= 2  # upload + overlay
     assert "pred " in main.text and "cannot be used" not in main.text
     _shot(browser, tmp_path / "live_cam.png")
+    _offline_and_quiet(browser, server, "live_cam")
 
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(cxr_data_file.read_bytes()[:500])
@@ -158,6 +206,7 @@ def test_every_page_renders_and_live_cam_shows_overlays(server, browser, tmp_pat
     assert "truncated" in text or "corrupt" in text
     assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stProgress"]')  # old results gone
     _shot(browser, tmp_path / "live_cam_corrupt.png")
+    _offline_and_quiet(browser, server, "live_cam_corrupt")
     for name in ("leaderboard", "compare", "misclassifications", "live_cam", "live_cam_corrupt"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
 
@@ -165,11 +214,13 @@ def test_every_page_renders_and_live_cam_shows_overlays(server, browser, tmp_pat
 def test_performance_page_draws_roc_confusion_and_calibration(server, browser, tmp_path):
     """The Performance page of the real run: four plotly charts drawn as SVG (ROC with its AUC legend,
     confusion counts and shares, the reliability diagram with its ECE), the per-source table, the
-    download buttons, and nothing in the browser console at error level."""
+    download buttons, nothing in the browser console at error level and no request to another host."""
     from selenium.webdriver.common.by import By
 
-    browser.get_log("browser")  # drop what earlier pages logged
-    browser.get(server + "/performance")
+    _fresh_logs(browser)
+    browser.get(server)
+    _settle(browser, '[data-testid="stDataFrame"]')
+    _go(browser, "performance")
     _settle(browser, ".st-key-perf_sources_parquet")
     text = _settle_text(browser, "Per source database")
     for heading in ("ROC curves", "Confusion matrix", "Calibration", "ECE"):
@@ -187,11 +238,7 @@ def test_performance_page_draws_roc_confusion_and_calibration(server, browser, t
         assert browser.find_elements(By.CSS_SELECTOR, f".st-key-{key}"), key
     _shot(browser, tmp_path / "performance.png")
     assert (tmp_path / "performance.png").stat().st_size > 10_000
-    # JavaScript errors fail the test; failed network loads do not: this machine is offline (the page icon
-    # comes from a font CDN) and streamlit probes a host-config URL under the page's own path first
-    logs = browser.get_log("browser")
-    severe = [e for e in logs if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not severe, severe
+    _offline_and_quiet(browser, server, "performance")
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,18 @@ def test_xsrf_protection_is_on_and_nothing_turns_it_off(tmp_path):
     assert found == []
 
 
+def test_the_dashboard_asks_no_other_host(tmp_path):
+    """Offline and quiet: usage statistics off (launcher and config file), and no `:material/...:` tab
+    icon, which streamlit loads from a font CDN. tests/test_dashboard_browser.py watches every request
+    of the real pages in a browser; this is the fast tier's check."""
+    cmd = launcher.streamlit_command(launcher.build_parser().parse_args(["--db", str(tmp_path / "r.duckdb")]))
+    assert _flag(cmd, "--browser.gatherUsageStats") == "false"
+    assert tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["browser"]["gatherUsageStats"] is False
+    cdn_tab_icon = re.compile(r"page_icon\s*=\s*[\"']:material/")
+    found = [str(p.relative_to(REPO)) for p in (REPO / "dashboard").rglob("*.py") if cdn_tab_icon.search(p.read_text())]
+    assert found == []
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,10 +20,7 @@ from benchmark.paths import cache_dir as default_cache_dir
 from tests.conftest import BAD_INPUTS as BAD
 from tests.conftest import CXR_DATA as CXR
 
-needs_data = pytest.mark.skipif(
-    not (BAD.is_dir() and (CXR / "cohen" / "manifest.csv").is_file()),
-    reason=f"data pack ({CXR}) or bad inputs ({BAD}) not found",
-)
+needs_data = pytest.mark.usefixtures("cxr_root", "bad_inputs")  # skipped without them (a failure under CI=true)
 #: what the bad-inputs README says must be refused; everything else there is a usable image
 REFUSED = {"truncated.jpg", "zero-bytes.png", "text-named.png", "html-named.jpg", "tiny-8x8.png",
            "bomb-20000x20000.png", "random-bytes.dcm", "truncated.dcm"}
@@ -36,9 +33,7 @@ def rec(path: Path | str, mask: Path | str = "", label: str = "covid") -> ImageR
 
 
 @pytest.fixture(scope="module")
-def cohen() -> list[ImageRecord]:
-    if not (CXR / "cohen" / "manifest.csv").is_file():
-        pytest.skip(f"data pack not found at {CXR}")
+def cohen(cxr_root) -> list[ImageRecord]:
     rows = pd.read_csv(CXR / "cohen" / "manifest.csv").dropna(subset=["mask"]).head(5)
     return [rec(CXR / "cohen" / r.image, CXR / "cohen" / r.mask) for r in rows.itertuples()]
 

@@ -24,8 +24,8 @@ from tests.conftest import CXR_DATA as CXR
 from tests.conftest import REPO
 
 BAD_FILES = sorted(p.name for p in BAD.iterdir() if p.is_file() and p.name != "README.md") if BAD.is_dir() else []
-needs_bad = pytest.mark.skipif(not BAD.is_dir(), reason=f"bad-inputs folder not found at {BAD}")
-needs_cxr = pytest.mark.skipif(not (CXR / "cohen" / "manifest.csv").is_file(), reason=f"data pack not at {CXR}")
+needs_bad = pytest.mark.usefixtures("bad_inputs")  # skipped without it (a failure under CI=true)
+needs_cxr = pytest.mark.usefixtures("cxr_root")
 
 #: file -> reason pattern for files the README says must be refused
 REFUSED = {

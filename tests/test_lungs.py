@@ -27,7 +27,7 @@ from benchmark.lungseg import (
     train_lung_segmenter,
 )
 from benchmark.lungseg.train import augment_batch
-from tests.conftest import BAD_INPUTS, CXR_DATA
+from tests.conftest import BAD_INPUTS, CXR_DATA, require
 
 SIZE = 64
 
@@ -227,8 +227,7 @@ def test_predict_restores_training_mode_and_handles_empty_batch():
 @pytest.mark.parametrize("name", ["all-black.png", "all-white.png"])
 def test_predict_on_bad_input_constant_files(trained, name):
     path = BAD_INPUTS / name
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
+    require(path.is_file(), f"{path} not present (set BAD_INPUTS)")
     from benchmark.data.imageio import read_image
     image = read_image(path)
     mask = predict_lung_mask(trained[0], image)
@@ -325,10 +324,7 @@ def test_build_training_set_from_a_fake_pack(tmp_path):
     assert train_m[: info["n_cohen_train"]].any(axis=(1, 2)).all()
 
 
-def test_real_cohen_split_is_patient_disjoint():
-    manifest = CXR_DATA / "cohen" / "manifest.csv"
-    if not manifest.is_file():
-        pytest.skip(f"data pack not found at {CXR_DATA}")
+def test_real_cohen_split_is_patient_disjoint(cxr_root):
     from benchmark.lungseg.data import cohen_masked_rows
     rows = cohen_masked_rows(CXR_DATA)
     train, held = split_cohen_patients(rows, seed=0)

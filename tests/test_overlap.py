@@ -111,7 +111,7 @@ def test_a_failed_transaction_leaves_no_partial_run(tmp_path):
     """A bundle whose second table cannot be written: the run and its first table are rolled back."""
     bad = bundle("half")
     bad.tables["metrics"] = pd.DataFrame({"no_such_column": [1]})
-    with pytest.raises(Exception):  # noqa: B017 - whatever DuckDB raises for the bad table
+    with pytest.raises(ValueError, match=r"columns \['no_such_column'\] are not in table metrics"):
         with BackgroundStore(tmp_path / "r.duckdb") as store:
             store.submit(bundle("whole"))
             store.submit(bad)

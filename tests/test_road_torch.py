@@ -221,6 +221,7 @@ def test_confidence_drop_equals_pytorch_grad_cams():
     assert np.abs(scores["confidence_drop"] - ref).max() <= SCORE_TOL
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_road_on_cuda_equals_the_cpu():
     model = SmallNet().eval()

@@ -12,13 +12,14 @@ import zipfile
 import numpy as np
 import pytest
 
+from bench.segmenter_external import openist_records, segmenter_dice
 from benchmark import paths
 from benchmark.cli import main
 from benchmark.lungseg import LungTrainConfig, count_parameters, heldout_native_dice, load_segmenter
 from benchmark.lungseg.data import cohen_masked_rows, split_cohen_patients
 from benchmark.store import reader
 from dashboard.settings import DashboardSettings
-from tests.conftest import REPO
+from tests.conftest import REPO, require
 from tests.fixtures_db import make_segmenter
 
 SHIPPED = paths.SHIPPED_SEGMENTER
@@ -65,6 +66,25 @@ def test_recorded_dice_is_what_the_held_out_masks_give(cxr_root):
     assert float(scores.mean()) == pytest.approx(meta["heldout_cohen_dice_native"], abs=2e-3)
 
 
+OPENIST_SAMPLE = 48  # a fixed seeded sample: all 274 images take longer than the fast tier allows
+
+
+def test_dice_on_external_masks_it_never_saw(external_root, cache_env):
+    """openist normals (external pack: another hospital, human masks) through the audit's own path: decoded at
+    224 px by the decode cache, masks filled by complete_masks, Dice against the pack's masks at that size."""
+    records = openist_records(external_root)
+    assert len(records) == 274
+    sample = np.sort(np.random.default_rng(0).choice(len(records), OPENIST_SAMPLE, replace=False))
+    result = segmenter_dice([records[i] for i in sample], SHIPPED)
+    assert result.stem == SHIPPED and not result.rejected
+    assert len(result.dice) == OPENIST_SAMPLE and np.isfinite(result.dice).all()
+    assert result.mask_shapes == result.image_shapes == [(224, 224)] * OPENIST_SAMPLE
+    # measured: this sample 0.899 (min 0.819); all 274 images 0.897 (bench/segmenter_external.py), below the
+    # cohen held-out 0.953 mostly because openist's masks leave out the lung behind the heart
+    assert result.mean >= 0.88
+    assert result.dice.min() >= 0.75
+
+
 def test_one_rule_named_then_trained_then_shipped(tmp_path, monkeypatch):
     monkeypatch.delenv(paths.ENV_SEGMENTER, raising=False)
     checkpoints = tmp_path / "checkpoints"
@@ -100,8 +120,7 @@ def test_lungs_train_writes_the_users_own_which_then_wins(tmp_path, monkeypatch,
 def test_package_data_and_git_keep_the_weights():
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["benchmark"]
     assert {f.removeprefix("benchmark/") for f in PACKAGE_FILES} <= set(data)
-    if shutil.which("git") is None or not (REPO / ".git").exists():
-        pytest.skip("not a git checkout")
+    require(shutil.which("git") and (REPO / ".git").exists(), f"{REPO} is not a git checkout (or git is missing)")
 
     def ignored(path: str) -> bool:
         return subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode == 0
