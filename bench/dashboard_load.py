@@ -273,7 +273,7 @@ def start_server(db: Path, checkpoints: Path, port: int, log_file: Path) -> subp
     on 127.0.0.1:`port`."""
     from dashboard.__main__ import SERVE_FROM, build_parser, server_environment, streamlit_command
 
-    cmd = streamlit_command(build_parser().parse_args(["--db", str(db), "--checkpoints", str(checkpoints),
+    cmd = streamlit_command(build_parser().parse_args(["--db", str(db), "--checkpoint-dir", str(checkpoints),
                                                        "--port", str(port), "--host", "127.0.0.1"]))
     proc = subprocess.Popen(cmd, cwd=SERVE_FROM, env=server_environment(), stdout=log_file.open("w"),
                             stderr=subprocess.STDOUT)
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=25000,
                     help="test images per dataset when building the DB (CAM rows = 40 x this; default 1M rows)")
     ap.add_argument("--db", type=Path, default=None, help="use this results DB (built there if missing)")
-    ap.add_argument("--checkpoints", type=Path, default=None,
+    ap.add_argument("--checkpoint-dir", type=Path, default=None,
                     help="classifier checkpoints for live CAM (default: one untrained resnet18 made here)")
     ap.add_argument("--warm-server", action="store_true",
                     help="before timing, visit every view once from one session: measures a server that has "
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             db = build_db(db.parent, args.n_test)
             built_s = round(time.perf_counter() - t, 1)
-        checkpoints = args.checkpoints
+        checkpoints = args.checkpoint_dir
         if checkpoints is None:
             from tests.fixtures_db import make_checkpoint
             checkpoints = work / "ck"

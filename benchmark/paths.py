@@ -3,7 +3,7 @@
 Each resolver takes the explicit value (a CLI flag, a function argument) first, then its
 environment variable, then the default. Relative defaults are relative to the working
 directory, so `python -m benchmark run` and `python -m dashboard` started in one folder meet
-without options (docs/ARCHITECTURE.md, "Paths").
+without options (docs/usage.md, "Paths and environment variables").
 """
 from __future__ import annotations
 

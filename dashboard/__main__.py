@@ -50,11 +50,11 @@ def streamlit_command(args: argparse.Namespace) -> list[str]:
            "--runner.postScriptGC", "false",
            # no source watcher: a served dashboard's code does not change under it, and the watcher
            # walked every imported module's path (thousands, with torch) on the server's event loop
-           # after every script run of every session: 10% of the server's py-spy samples under 10
-           # sessions (bench/RESULTS.md). `streamlit run dashboard/app.py` still reloads on save.
+           # after every script run of every session, a cost that grows with the sessions (profiled:
+           # bench/RESULTS.md). `streamlit run dashboard/app.py` still reloads on save.
            "--server.fileWatcherType", "none", "--", "--db", str(db)]
-    checkpoints = paths.checkpoints_dir(args.checkpoints)
-    cmd += ["--checkpoints", str(Path(checkpoints).resolve())]  # relative to the caller, not the repo
+    checkpoints = paths.checkpoints_dir(args.checkpoint_dir)
+    cmd += ["--checkpoint-dir", str(Path(checkpoints).resolve())]  # relative to the caller, not the repo
     if args.segmenter:
         cmd += ["--segmenter", str(Path(args.segmenter).resolve())]
     if args.live_workers is not None:
@@ -63,9 +63,8 @@ def streamlit_command(args: argparse.Namespace) -> list[str]:
 
 
 #: torch threads per operation in the server, unless $OMP_NUM_THREADS says otherwise. Sessions are
-#: threads, and with several live CAMs at once, two threads per op spin against each other: 10
-#: sessions on 2 cores, live CAM p50 3.3 s with torch's default (2), 2.7 and 3.0 s in two runs
-#: with 1 (bench/RESULTS.md, dashboard load; a small gain, within about twice the run-to-run spread).
+#: threads, and with several live CAMs at once, several threads per op spin against each other for
+#: the same cores; one per op was a little faster under load (bench/RESULTS.md, dashboard load).
 SERVER_TORCH_THREADS = 1
 
 

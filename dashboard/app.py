@@ -1,6 +1,6 @@
 """Streamlit entry point: the shared sidebar and navigation over pages/.
 
-    streamlit run dashboard/app.py -- --db results.duckdb [--checkpoints DIR] [--segmenter STEM]
+    streamlit run dashboard/app.py -- --db results.duckdb [--checkpoint-dir DIR] [--segmenter STEM]
 
 Pages import `dashboard` and `benchmark` as the installed package (`pip install -e .`, which
 requirements.txt does), whatever folder streamlit was started in.

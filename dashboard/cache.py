@@ -2,7 +2,7 @@
 
 Why no long-lived DB connection in st.cache_resource: DuckDB lets one process write, and a
 read-only connection held by this server would block every benchmark run from writing its
-results (measured, see docs/ARCHITECTURE.md). So the cached *resource* is the database handle's state (the
+results (docs/contract.md, "DuckDB and two processes"). So the cached *resource* is the database handle's state (the
 last good result of every query), and each query opens a read-only connection for the moment
 it runs. Query results go through st.cache_data keyed by the DB file's modification stamp: a
 finished run shows at once, an unchanged DB is never re-read within the TTL, and while a writer
@@ -271,8 +271,8 @@ def _leaderboard(db: str, stamp: tuple | None, choice: views.LeaderboardChoice) 
 
 def leaderboard(choice: views.LeaderboardChoice) -> views.LeaderboardView:
     """views.leaderboard_view of the configured DB for these widget values, built once per DB state
-    and choice: composing the board is pandas work per run (0.2-0.5 s at 20 runs) that ten sessions
-    on two cores would otherwise repeat on every rerun, and its seven queries are read only then.
+    and choice: composing the board is pandas work per run that every session would otherwise
+    repeat on every rerun, and its seven queries are read only then.
     Each caller gets its own copy (cache_data)."""
     cfg = settings()
     return _leaderboard(str(cfg.db_path), db_stamp(cfg.db_path), choice)

@@ -22,7 +22,7 @@ from dashboard.images import fit_within
 
 log = logging.getLogger(__name__)
 
-#: What a live CAM imports (torch and the model zoo: ~5 s of CPU on the 2-core box), loaded in the
+#: What a live CAM imports (torch and the model zoo: seconds of CPU), loaded in the
 #: background when the server's first session starts, so the first upload does not wait for it
 #: and no session's rerun holds the import lock for seconds while others queue behind it.
 WARM_MODULES = ("torch", "benchmark.training.checkpoints", "benchmark.models", "benchmark.cams.methods",
@@ -96,12 +96,13 @@ def decode_upload(data: bytes, max_bytes: int) -> np.ndarray:
 
 
 def segment_lungs(segmenter, image: np.ndarray) -> np.ndarray | None:
-    """bool lung mask at the image's size from the project's segmenter (None without one)."""
+    """bool lung mask at the image's size from the project's segmenter (None without one), computed
+    on the segmenter's own device: a segmenter shared by every session is never moved."""
     if segmenter is None:
         return None
     from benchmark.lungseg import predict_lung_mask
 
-    return predict_lung_mask(segmenter, image)
+    return predict_lung_mask(segmenter, image, device=str(next(segmenter.parameters()).device))
 
 
 def shareable(model):

@@ -2,10 +2,10 @@
 
 Streamlit serves every browser session from threads of one process. A live CAM is mostly torch
 (the classifier's forward and backward, the lung segmenter), and each torch call gives the GIL
-back and must take it again from the sessions' Python (queries, tables, pictures). Measured on
-the 2-core box with 10 sessions at once, the server used 1.1-1.25 of its 2 cores and a live CAM
-took 10-15x its time alone (bench/RESULTS.md, dashboard load; bench/gil_convoy.py). In a worker process the
-model work has its own interpreter and the other core; the session's thread only waits on a pipe.
+back and must take it again from the sessions' Python (queries, tables, pictures), so under many
+sessions the server cannot use all of its cores and a live CAM takes many times its time alone
+(bench/RESULTS.md, dashboard load; bench/gil_convoy.py). In a worker process the model work has
+its own interpreter and another core; the session's thread only waits on a pipe.
 
 `ModelWorker` is what the server holds (one per process, dashboard/cache.py). It is thread-safe:
 a request takes an idle worker process (waiting for one if all are busy), sends it the image, the

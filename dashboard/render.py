@@ -153,10 +153,10 @@ def overlay(image: np.ndarray, cam: np.ndarray | None = None, *, opacity: float 
     return out
 
 
-#: Pictures go to the browser as JPEG at this quality. A 512 px overlay encodes in ~1-3 ms, against
-#: ~75 ms as PNG (zlib), and streamlit decodes a PNG it was handed again to check its size: ten
-#: sessions on two cores felt both (bench/RESULTS.md, dashboard load). What is encoded is already a
-#: display copy (8-bit, resized, tinted); stored images and maps are never re-encoded.
+#: Pictures go to the browser as JPEG at this quality: JPEG encodes an overlay many times faster than
+#: PNG's zlib, and streamlit decodes a PNG it was handed again to check its size, both on the server's
+#: CPU for every session (bench/RESULTS.md, dashboard load). What is encoded is already a display copy
+#: (8-bit, resized, tinted); stored images and maps are never re-encoded.
 DISPLAY_JPEG_QUALITY = 90
 
 

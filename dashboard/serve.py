@@ -2,9 +2,9 @@
 imports started first.
 
 `streamlit run` imports app.py only when the first browser session opens, so the first sessions
-would otherwise share the cores with ~6.5 s of imports (torch, the model zoo, pytorch-grad-cam;
-measured on the 2-core box). Under 10 sessions at once that import got a tenth of the
-interpreter and took ~25 s, and every live CAM waited for it (bench/RESULTS.md, dashboard load).
+would otherwise share the cores with seconds of imports (torch, the model zoo, pytorch-grad-cam).
+Under many sessions at once that import gets a small share of the interpreter and takes several
+times longer, and every live CAM waits for it (bench/RESULTS.md, dashboard load).
 Started here (`model_worker.shared`), they run while the server comes up and waits for its first
 visitor; the pages get the same ModelWorker through dashboard/cache.py. With workers (the default)
 the imports happen in those processes and the server itself never imports torch; with

@@ -29,8 +29,8 @@ from benchmark.paths import (
 MAX_UPLOAD_MB = 50
 
 #: Worker processes for the live CAM's model work (dashboard/model_worker.py); 0 runs it in the
-#: server's own session threads. One: the box this was measured on has 2 cores, one for the
-#: sessions' Python and one for the models (bench/RESULTS.md, dashboard load).
+#: server's own session threads. One, so that a small machine keeps a core for the sessions' Python
+#: and gives the models another; more workers pay only with more cores (bench/RESULTS.md, dashboard load).
 LIVE_WORKERS = 1
 
 
@@ -69,7 +69,7 @@ class DashboardSettings:
 def argument_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     p.add_argument("--db", default=None, help=f"results database (default ${ENV_RESULTS_DB} or {DEFAULT_RESULTS_DB})")
-    p.add_argument("--checkpoints", default=None,
+    p.add_argument("--checkpoint-dir", default=None,
                    help=f"checkpoint folder for live CAMs (default ${ENV_CHECKPOINTS} or {DEFAULT_CHECKPOINTS})")
     p.add_argument("--segmenter", default=None,
                    help=f"lung segmenter checkpoint stem (default ${ENV_SEGMENTER}, else checkpoints/lungseg/lung_unet "
@@ -86,7 +86,7 @@ def resolve_settings(argv: Sequence[str] | None = None, environ: Mapping[str, st
     segmenter = paths.setting(args.segmenter, ENV_SEGMENTER, environ)
     return DashboardSettings(
         db_path=paths.results_db(args.db, environ),
-        checkpoints_dir=paths.checkpoints_dir(args.checkpoints, environ),
+        checkpoints_dir=paths.checkpoints_dir(args.checkpoint_dir, environ),
         segmenter_stem=Path(segmenter) if segmenter else None,
         lock_wait_s=float(paths.setting(None, ENV_LOCK_WAIT, environ) or DashboardSettings.lock_wait_s),
         live_workers=_int_setting(args.live_workers, ENV_LIVE_WORKERS, environ, LIVE_WORKERS),

@@ -91,7 +91,7 @@ def test_cams_command_and_external_validation(tmp_path, cache_env):
     assert json.loads(probe.detail.iloc[0])["n_images"] == 600
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_evaluate_refuses_dataset_without_known_classes(tmp_path, cache_env, capsys):
     from tests.conftest import write_png
     ck = tmp_path / "ck"
@@ -104,7 +104,7 @@ def test_evaluate_refuses_dataset_without_known_classes(tmp_path, cache_env, cap
     assert rc == 2 and "no image has a class the model knows" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_lungs_only_control_run(tmp_path, cache_env):
     db = tmp_path / "r.duckdb"
     assert main(["run", "--data", "phantom", "--n-phantom", "45", "--models", "shallow", "--lungs-only",

@@ -27,7 +27,7 @@ def test_resnet18_strides_name_its_stages(resnet18, stride, layer):
     assert layer_at_stride(resnet18, stride) == layer
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_a_layer_inside_a_residual_block_is_never_picked():
     # resnet50's layer4.0.conv1/bn1 run at stride 16 but are one branch of a stride-32 block
     model = create_model("resnet50", num_classes=2)
@@ -75,7 +75,7 @@ def test_an_alias_gives_stride16_maps_without_touching_the_model(resnet18):
 
 
 @pytest.mark.parametrize("name", zoo_params())
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_every_zoo_model_has_a_stride16_layer(name):
     model = create_model(name, num_classes=2)
     layer = layer_at_stride(model, 16)

@@ -43,8 +43,8 @@ def _images() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_intra_op_thread():
-    """8 request threads on a 2-core box are parallel enough: torch's own 2 threads per op only
-    spin against each other (measured: 12x the CPU time per forward on a loaded box)."""
+    """8 request threads are parallel enough: with torch's own threads per op as well, the threads
+    only spin against each other for cores and the test's CPU time grows many times over."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -41,7 +41,7 @@ def test_launcher_builds_the_streamlit_command(tmp_path, monkeypatch):
     assert cmd[cmd.index("--server.maxUploadSize") + 1] == "50"
     after = cmd[cmd.index("--") + 1:]
     assert after[after.index("--db") + 1] == str(tmp_path / "r.duckdb")  # relative to the caller
-    assert after[after.index("--checkpoints") + 1] == str(tmp_path / "checkpoints")
+    assert after[after.index("--checkpoint-dir") + 1] == str(tmp_path / "checkpoints")
     assert "--live-workers" not in after  # the app's own default (settings.LIVE_WORKERS)
     cmd = launcher.streamlit_command(launcher.build_parser().parse_args(["--live-workers", "0"]))
     assert cmd[cmd.index("--live-workers") + 1] == "0"
@@ -94,7 +94,7 @@ def test_launcher_serves_without_per_run_gc_or_source_watcher_and_with_one_torch
     assert config["runner"]["postScriptGC"] is False  # `streamlit run` from the repository too
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_sidebar_counts_and_reload(tmp_path, monkeypatch):
     db = build_results_db(tmp_path, FakeResultsSpec(datasets=("d1",), models=("shallow",)))
     monkeypatch.setenv("CXR_RESULTS_DB", str(db))

@@ -66,7 +66,7 @@ def server(phantom_run):
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--",
-           "--db", str(phantom_run / "results.duckdb"), "--checkpoints", str(phantom_run / "checkpoints")]
+           "--db", str(phantom_run / "results.duckdb"), "--checkpoint-dir", str(phantom_run / "checkpoints")]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -37,7 +37,7 @@ def test_top_k_models_side_by_side(app_env):
     assert f"lung mass {mass[preds.run_id[0]]:.2f}" in texts(at)
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_stepping_and_class_filter_change_the_image(app_env):
     at = open_page(PAGE)
     first = at.selectbox(key="cmp_image").value
@@ -51,7 +51,7 @@ def test_stepping_and_class_filter_change_the_image(app_env):
     assert not at.exception
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_one_model_across_methods_and_dataset_switch(app_env):
     at = open_page(PAGE)
     at.radio(key="cmp_mode").set_value("One model, every CAM method").run()
@@ -62,7 +62,7 @@ def test_one_model_across_methods_and_dataset_switch(app_env):
     assert not at.exception
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_query_params_open_an_image_and_model(app_env):
     at = open_page()
     at.query_params.update({"dataset": "phantom-shortcut", "image": "phantom-shortcut-00005",
@@ -75,7 +75,7 @@ def test_query_params_open_an_image_and_model(app_env):
     assert at.radio(key="cmp_mode").value == "One model, every CAM method"
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_stale_link_falls_back_instead_of_failing(app_env):
     at = open_page()
     at.query_params.update({"dataset": "gone", "image": "nope", "method": "nomethod"})
@@ -84,7 +84,7 @@ def test_stale_link_falls_back_instead_of_failing(app_env):
     assert at.selectbox(key="cmp_dataset").value == "phantom-clean"
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_missing_image_file_is_reported(tmp_path, monkeypatch):
     db = build_results_db(tmp_path)
     for png in (tmp_path / "phantom-clean" / "images").glob("*.png"):

@@ -44,7 +44,7 @@ def test_leaderboard_shows_every_done_run_and_no_failed_one(app_env):
     assert row.n_scored == scored > 0 and "n_scored" in at.dataframe[0].proto.column_order  # what the mean rests on
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_filters_change_the_table(app_env):
     at = open_page()
     at.multiselect(key="lb_datasets").set_value(["phantom-clean"]).run()
@@ -103,7 +103,7 @@ def test_uniform_baseline_is_the_lungs_share_of_the_masks(app_env):
     assert share == pytest.approx(expected) and n == FakeResultsSpec().n_test
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_no_database_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_RESULTS_DB", str(tmp_path / "none.duckdb"))
     for page in (None, "pages/compare.py", "pages/misclassifications.py"):
@@ -119,7 +119,7 @@ def test_db_without_done_runs(tmp_path, monkeypatch):
     assert not at.exception and "no finished runs" in texts(at)
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_locked_database_keeps_showing_last_results(tmp_path, monkeypatch):
     """A benchmark writer holds the file: the page shows what it read before, and says so."""
     db = build_results_db(tmp_path, FakeResultsSpec(datasets=("d1",), models=("shallow", "resnet18")))
@@ -200,7 +200,7 @@ def test_scatter_has_one_point_per_run_and_the_baselines(results_db):
     assert sorted(s.x0 for s in fig.layout.shapes if s.type == "line") == [0.2, 0.3]
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_pages_open_on_the_audits_fine_map_when_it_is_stored(tmp_path, monkeypatch):
     assert views.preferred_method_index(["cam", "gradcam", "hirescam@stride16"]) == 2
     assert views.preferred_method_index(["cam", "gradcam"]) == 1
@@ -215,7 +215,7 @@ def test_pages_open_on_the_audits_fine_map_when_it_is_stored(tmp_path, monkeypat
 
 # ----------------------------------------------------------------------------- seeds, costs, report
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_seed_groups_show_mean_and_sd_over_seeds(tmp_path, monkeypatch):
     from tests.fixtures_db import phase_seconds
 

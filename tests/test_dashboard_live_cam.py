@@ -72,7 +72,7 @@ def test_upload_real_xray_shows_each_model_and_its_cam(app_env, real_xray):
     assert not at.exception and len(_predictions(at)) == 1
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_a_dead_model_worker_is_said_on_every_panel_and_the_next_rerun_asks_again(app_env, real_xray, monkeypatch):
     from dashboard import model_worker
 
@@ -140,7 +140,7 @@ def test_a_worker_that_cannot_describe_its_models_is_said_and_the_next_rerun_ask
     cache._live_offer.clear()
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_corrupt_upload_gets_a_message_and_the_app_stays_up(app_env, real_xray):
     at = open_page(PAGE)
     data = real_xray.read_bytes()
@@ -151,7 +151,7 @@ def test_corrupt_upload_gets_a_message_and_the_app_stays_up(app_env, real_xray):
     assert not at.exception and not at.error and len(_predictions(at)) == 2
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_every_bad_input_gets_an_image_or_a_clear_message(app_env, bad_inputs):
     at = open_page(PAGE)
     files = sorted(p for p in bad_inputs.iterdir() if p.is_file())
@@ -174,7 +174,7 @@ def test_every_bad_input_gets_an_image_or_a_clear_message(app_env, bad_inputs):
                        "dx-monochrome1-12bit.dcm": "shown", "gray16.png": "shown", "all-black.png": "shown"}
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_dicom_identifiers_are_never_displayed(app_env, bad_inputs):
     at = open_page(PAGE)
     for name in ("dx-monochrome1-12bit.dcm", "dx-monochrome2-windowed.dcm", "dx-rescale.dcm"):
@@ -186,7 +186,7 @@ def test_dicom_identifiers_are_never_displayed(app_env, bad_inputs):
         assert len(_predictions(at)) == 2
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_upload_writes_nothing(app_env, real_xray, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     db_stat = os.stat(app_env["db"])
@@ -199,7 +199,7 @@ def test_upload_writes_nothing(app_env, real_xray, tmp_path, monkeypatch):
     assert os.stat(app_env["db"]).st_mtime_ns == db_stat.st_mtime_ns
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_without_segmenter_cams_show_and_the_page_says_how_to_train_one(app_env, real_xray, tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_LUNG_SEGMENTER", str(tmp_path / "missing" / "lung_unet"))
     at = _upload(open_page(PAGE), real_xray.name, real_xray.read_bytes())
@@ -208,7 +208,7 @@ def test_without_segmenter_cams_show_and_the_page_says_how_to_train_one(app_env,
     assert len(_predictions(at)) == 2 and "lung mass n/a" in texts(at)
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_without_any_training_the_shipped_segmenter_gives_contours_and_lung_mass(app_env, cxr_root, monkeypatch):
     """A fresh install: no --segmenter, nothing trained under the checkpoints, an NIH X-ray (no mask in the pack)."""
     from benchmark.lungseg import load_segmenter
@@ -236,7 +236,7 @@ def test_without_checkpoints_the_page_explains_and_still_reads_the_upload(app_en
     assert not at.exception and len(at.image) == 1 and _predictions(at) == []
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_a_broken_checkpoint_fails_alone(app_env, real_xray, tmp_path, monkeypatch):
     ckpts = tmp_path / "ckpts"
     good = make_checkpoint(ckpts, input_size=64, seed=3, accuracy=0.95)

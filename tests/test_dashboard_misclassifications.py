@@ -42,7 +42,7 @@ def test_gallery_shows_the_misclassified_predictions(app_env, rows):
     assert _cards(at) == min(12, wrong) and len(at.image) == _cards(at)
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_filters_change_what_is_shown(app_env, rows):
     at = open_page(PAGE)
     at.toggle(key="mis_only_wrong").set_value(False).run()
@@ -76,7 +76,7 @@ def test_filters_change_what_is_shown(app_env, rows):
     assert not at.exception
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_pagination(app_env, rows):
     at = open_page(PAGE)
     at.toggle(key="mis_only_wrong").set_value(False).run()
@@ -88,7 +88,7 @@ def test_pagination(app_env, rows):
     assert _cards(at) == min(48, len(rows))
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_csv_export_holds_the_filtered_rows(app_env, rows):
     at = open_page(PAGE)
     at.multiselect(key="mis_true").set_value(["pneumonia"]).run()
@@ -100,7 +100,7 @@ def test_csv_export_holds_the_filtered_rows(app_env, rows):
     assert at.get("download_button"), "the export button is on the page"
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_click_opens_the_image_in_compare(app_env):
     at = open_page(PAGE)
     card = next(b for b in at.button if b.key and b.key.startswith("mis_open_"))

@@ -124,7 +124,7 @@ def test_page_shows_roc_confusion_and_calibration_of_one_run(app_env):
     assert at.metric[0].value == f"{ece:.3f}"
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_seed_group_is_pooled(app_env):
     at = open_page(PAGE)
     at.selectbox(key="perf_dataset").set_value("phantom-shortcut").run()
@@ -145,7 +145,7 @@ def test_seed_group_is_pooled(app_env):
     assert (sources.n_seeds == 2).all()
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_downloads_parse_back_to_the_tables_shown(app_env, media):
     at = _open_run(RUN)
     shown = [d.value for d in at.dataframe]
@@ -159,7 +159,7 @@ def test_downloads_parse_back_to_the_tables_shown(app_env, media):
     assert len(shown[0]) == 3 and set(shown[0].class_name) == set(CLASSES)
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_leaderboard_and_misclassification_tables_download(app_env, media):
     at = open_page()
     board = at.dataframe[0].value.reset_index(drop=True)
@@ -177,7 +177,7 @@ def test_leaderboard_and_misclassification_tables_download(app_env, media):
         assert len(rows) == shown and (rows.label != rows.pred).all()
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_compare_offers_the_comparison_as_png(app_env, media):
     from PIL import Image
 

@@ -97,7 +97,7 @@ def test_the_real_server_listens_on_loopback_only_and_refuses_uploads_without_a_
     without the XSRF cookie and header is refused (403) before it reaches the app."""
     port = _free_port()
     args = launcher.build_parser().parse_args(["--db", str(tmp_path / "r.duckdb"), "--port", str(port),
-                                               "--checkpoints", str(tmp_path / "ckpts")])
+                                               "--checkpoint-dir", str(tmp_path / "ckpts")])
     cmd = launcher.streamlit_command(args)
     proc = subprocess.Popen(cmd, cwd=launcher.SERVE_FROM, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://localhost:{port}"
@@ -189,7 +189,7 @@ def _rendered(at) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_dicom_identifiers_never_reach_the_page(live_env):
     data = _xray_dicom()
     assert all(value.encode() in data for value in IDENTIFIERS.values())  # the upload does carry them
@@ -228,7 +228,7 @@ def _tree_files(folder: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("name", ["patient.dcm", "xray.png"])
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_an_upload_never_touches_the_disk(live_env, tmp_path, monkeypatch, name):
     from streamlit.testing.v1 import app_test
 

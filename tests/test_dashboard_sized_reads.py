@@ -47,7 +47,7 @@ def _key(df: pd.DataFrame) -> list[tuple]:
     return list(zip(df.run_id, df.image_id))
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_sql_gallery_matches_the_in_memory_filter_order_and_pages(results_db, rows):
     with reader(results_db) as con:
         for flt, order in itertools.product(_filters(rows), views.GALLERY_ORDERS):
@@ -114,7 +114,7 @@ def test_window_holds_the_position_and_stays_inside():
             assert w.stop - w.start == min(n, size)
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_compare_picker_offers_a_window_but_steps_through_every_image(tmp_path, monkeypatch):
     db = build_results_db(tmp_path, FakeResultsSpec(datasets=("big",), models=("shallow",), n_test=230, n_train=0,
                                                     compute_focus=False, with_failed_run=False, image_size=32))

@@ -72,7 +72,7 @@ def _digest(path: Path) -> str:
 # ----------------------------------------------------------------------------- full disk
 
 @pytest.mark.parametrize("where", ["insert", "commit"])
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_full_disk_fails_the_run_clearly_and_stores_nothing(tmp_path, monkeypatch, where):
     db = tmp_path / "r.duckdb"
     write_run(db, _bundle("kept"))
@@ -101,7 +101,7 @@ def test_full_disk_fails_the_run_clearly_and_stores_nothing(tmp_path, monkeypatc
     assert _rows_of(db, "lost")["cams"] == 4
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_full_disk_in_the_cli_is_one_clear_line(tmp_path, cache_env, monkeypatch, capsys):
     real = writes_mod._insert_df
 
@@ -203,7 +203,7 @@ def test_corrupt_or_truncated_db_is_a_clear_error(tmp_path):
             assert name == "empty", f"{name}: read without error"
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_cli_reports_corrupt_and_newer_db_without_traceback(tmp_path, capsys):
     files = _corrupt_files(tmp_path)
     newer = tmp_path / "newer.duckdb"
@@ -217,7 +217,7 @@ def test_cli_reports_corrupt_and_newer_db_without_traceback(tmp_path, capsys):
         assert rc == 2 and expect in err and "Traceback" not in err, err
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_dashboard_shows_corrupt_and_newer_db_and_keeps_running(tmp_path, monkeypatch):
     from tests.fixtures_db import FakeResultsSpec, build_results_db, open_page, texts
 

@@ -77,7 +77,7 @@ def imported_on_pack(tmp_path_factory, cxr_root):
     return {"root": root, "net": net, "weights": weights, "checkpoint": ckpt, "db": db, "cache": cache}
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_import_writes_a_checkpoint_the_tool_loads(imported_on_pack, capsys):
     ckpt = imported_on_pack["checkpoint"]
     meta = json.loads(ckpt.with_suffix(".json").read_text())
@@ -117,7 +117,7 @@ def test_evaluate_stores_an_imported_run_the_leaderboard_reads(imported_on_pack)
         assert set(images.source) == {"cohen", "nih"}
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_leaderboard_page_shows_the_imported_model(imported_on_pack, monkeypatch):
     monkeypatch.setenv("CXR_RESULTS_DB", str(imported_on_pack["db"]))
     at = open_page()
@@ -127,7 +127,7 @@ def test_leaderboard_page_shows_the_imported_model(imported_on_pack, monkeypatch
     assert board.accuracy.notna().all() and board.lung_mass.notna().all()
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_cams_command_explains_an_imported_run_again(imported_on_pack):
     db = imported_on_pack["db"]
     with reader(db) as con:
@@ -141,7 +141,7 @@ def test_cams_command_explains_an_imported_run_again(imported_on_pack):
     assert n == n_preds
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_live_cam_shows_the_imported_model(imported_on_pack, cxr_root, monkeypatch):
     root = imported_on_pack["root"]
     segmenter = root / "lungseg" / "lung_unet"
@@ -198,7 +198,7 @@ def test_timm_architecture_outside_the_roster_from_safetensors(tmp_path):
     pytest.param("timm", "convnext_atto", "stages", "stages.2", marks=pytest.mark.slow),
     pytest.param("torchvision", "densenet121", "features", "features.transition3.conv", marks=pytest.mark.slow),
 ])
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_cam_layers_found_on_unregistered_architectures(tmp_path, library, arch, cam_layer, stride16):
     from benchmark.models.imported import build_net
 
@@ -216,7 +216,7 @@ def test_cam_layers_found_on_unregistered_architectures(tmp_path, library, arch,
         assert not result.error and np.isfinite(result.cam).all(), (arch, method)
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_one_channel_models_get_the_grayscale_as_is(tmp_path):
     import timm
 
@@ -288,7 +288,7 @@ def test_pickled_objects_are_refused_without_running_them(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_keys_that_do_not_fit_are_listed(tmp_path, capsys):
     weights = tmp_path / "r18.pt"
     state = _resnet18_state().state_dict()

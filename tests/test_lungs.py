@@ -48,8 +48,8 @@ def phantom_data():
 
 @pytest.fixture(scope="module")
 def trained(phantom_data):
-    # module scope runs before the autouse _one_thread, so restore the count here: leaving it at
-    # 1 slowed every later test module (the phantom proof took 519 s instead of 270 s)
+    # module scope runs before the autouse _one_thread, so restore the count here: left at 1, every
+    # later test module would train and score on one thread
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

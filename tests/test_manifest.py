@@ -61,7 +61,7 @@ def nih_manifest(tmp_path, cxr_root, bad_inputs) -> tuple[Path, list[dict]]:
     return csv_path, rows
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_manifest_run_end_to_end_records_rejections(nih_manifest, tmp_path, cache_env):
     csv_path, rows = nih_manifest
     db = tmp_path / "r.duckdb"

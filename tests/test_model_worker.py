@@ -70,7 +70,7 @@ def test_messages_carry_numeric_arrays_and_refuse_anything_else():
         receive_message(io.BytesIO(bad.getvalue()[:-3]))  # cut short
 
 
-@pytest.mark.slow  # the worker's start (torch import) is ~10 s on the 2-core box
+@pytest.mark.slow  # the worker's start imports torch: seconds, not milliseconds
 def test_worker_gives_the_in_process_answers(worker, assets):
     here = ModelWorker(0)
     for method in ("hirescam@stride16", "gradcam", "cam"):
@@ -150,7 +150,7 @@ def test_one_request_gives_the_mask_and_every_model(worker, assets, tmp_path):
     assert mask is None and c.error == "" and c.cam is not None and c.lung_mass is None
 
 
-@pytest.mark.slow  # 8 threads on one worker: a few seconds on the 2-core box
+@pytest.mark.slow  # 8 threads queue on one worker process, so this takes seconds
 def test_sessions_sharing_one_worker_get_their_own_maps(worker, assets):
     requests = [(image, method) for image in assets["images"] for method in ("hirescam@stride16", "gradcam")]
     alone = [_explain(worker, assets["checkpoint"], assets["mtime"], img, m, assets["mask"], f"r{i}")

@@ -119,7 +119,7 @@ def test_register_model_rejects_duplicates_and_bad_specs():
 
 
 @pytest.mark.parametrize("name", zoo_params())
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_builds_and_takes_one_training_step(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3)
@@ -235,7 +235,7 @@ def _assert_loaded(model, saved: dict, head: str):
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_torchvision_weights_from_weights_dir(suffix, tmp_path):
     torch.manual_seed(4)
     saved = {k: v.clone() for k, v in tvm.resnet18(weights=None).state_dict().items()}

@@ -110,7 +110,7 @@ def test_marker_has_one_corner_and_shape_per_class():
     assert len({next(iter(v)) for v in corners.values()}) == 3
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_marker_frequency_follows_p_marker():
     assert all(generate_image(_cfg(p_marker=1.0), i).has_marker for i in range(50))
     assert not any(generate_image(_cfg(p_marker=0.0), i).has_marker for i in range(50))

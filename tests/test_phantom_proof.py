@@ -10,7 +10,7 @@ lungs removed and its CAMs lie mostly on the lungs.
 Both are scored with the audit's default fine map, `hirescam@stride16` (resnet18's layer3). The
 last block's Grad-CAM is stored too but not asserted on: at these sizes it is a 4 x 4 to 7 x 7
 map whose upsampling caps lung_mass at 0.50 to 0.72, and in practice it did not separate the two
-models (0.406 vs 0.449; bench/RESULTS.md, "Proving the measure").
+models (bench/RESULTS.md, "Proving the measure").
 """
 from __future__ import annotations
 
@@ -24,12 +24,10 @@ pytestmark = pytest.mark.slow  # trains resnet18 for minutes
 FINE = "hirescam@stride16"
 # Sizes: the shortcut is learnt at once; the lung patterns need enough pixels and images.
 SHORTCUT = {"n": 360, "size": 128, "epochs": 6, "batch": 32}
-# 192 px, not the bench's 224: 27% fewer pixels for the suite's longest test, the same outcome
-# (2026-11-29: lung_mass 0.660 vs 0.653 at 224, lungs-removed 0.326 both, ceiling 0.837; 160 px gave 0.631).
+# 192 px, not the bench's 224: 27% fewer pixels for the suite's longest test, with the same outcome.
 # 480 images x 6 epochs in batches of 16, not 600 x 8 in 32s: twice the steps per epoch learn the lungs
-# sooner, so the suite's longest test is faster and further from its bound (2026-12-02, Intel 2-core box:
-# 129 s, lung_mass 0.744 (seed 0) / 0.697 (seed 1), lungs-removed 0.301 / 0.301; 600 x 8 x 32 there:
-# 176 s in the suite, lung_mass 0.625; bench/RESULTS.md)
+# sooner, so the test is faster and further from its bound (the sizes tried and what each gave:
+# bench/RESULTS.md, "The suite's longest test").
 CLEAN = {"n": 480, "size": 192, "epochs": 6, "batch": 16}
 
 
@@ -69,5 +67,5 @@ def test_clean_model_looks_at_the_lungs_and_falls_to_chance_without_them(tmp_pat
     assert probes["intact"] >= 0.9
     assert probes["lungs_removed"] <= 0.45  # chance is 1/3
     assert lung_mass > 0.6
-    assert ceiling > 0.8                    # a stride-16 map (12 x 12 at 192 px) can score high (0.837 measured)
+    assert ceiling > 0.8                    # a stride-16 map (12 x 12 at 192 px) can score high
     assert marker_mass is None              # phantom-clean has no marker to measure against

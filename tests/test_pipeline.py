@@ -107,7 +107,7 @@ def test_real_xrays_cohen_kermany(tmp_path, cache_env, cxr_root):
         assert len(queries.predictions(con, run.run_id)) == (img.split == "test").sum()
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_pretrained_without_weights_stops_with_file_name(tmp_path, cache_env, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     rc = main(["run", "--data", "phantom", "--models", "resnet18", "--pretrained", "--db", str(tmp_path / "r.duckdb"),

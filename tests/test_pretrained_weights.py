@@ -66,7 +66,7 @@ def _assert_backbone_is(model, saved: dict, head: str = "fc") -> None:
     assert model.pretrained is True and model.classifier_layer.weight.shape[0] == 3
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_a_file_in_torch_hubs_cache_is_used_without_network(online, no_network):
     assert _hub_checkpoints() == paths.torch_hub_checkpoints()
     saved = _random_resnet18_state(seed=11)

@@ -142,7 +142,7 @@ def _run(db, run_id, model, seed, accuracy, *, epochs=3, width=0.1):
                                  "status": "done"}, tables={"metrics": metrics}))
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_seed_groups_pool_mean_and_sd_over_seeds(tmp_path):
     db = tmp_path / "seeds.duckdb"
     for seed, acc in zip((0, 1, 2), (0.6, 0.7, 0.9)):
@@ -230,7 +230,7 @@ def test_missing_image_files_are_named_in_the_figure(results_db, tmp_path):
         assert cell.mask is not None  # the mask file was not moved: its contour is still drawn
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_suspects_are_the_accurate_runs_that_look_least_at_the_lungs(results_db):
     with reader(results_db) as con:
         details = queries.run_details(con)

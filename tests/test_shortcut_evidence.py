@@ -176,7 +176,7 @@ def phantom_run(tmp_path_factory):
     return db, spec.run_id
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_run_grid_stores_sanity_rows_and_the_skipped_source_probe(phantom_run):
     db, run_id = phantom_run
     with reader(db) as con:
@@ -219,7 +219,7 @@ def evidence_db(tmp_path_factory):
     return db
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_leaderboard_and_report_tables_carry_the_evidence(evidence_db):
     db, run_a, run_b = evidence_db, RUN_A, RUN_B
     with reader(db) as con:
@@ -245,7 +245,7 @@ def test_leaderboard_and_report_tables_carry_the_evidence(evidence_db):
     assert any("0.5" in n for n in checks.notes)
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_leaderboard_page_shows_the_evidence(evidence_db, monkeypatch):
     monkeypatch.setenv("CXR_RESULTS_DB", str(evidence_db))
     at = open_page()

@@ -116,7 +116,7 @@ def _held_in_other_process(db, *, read_only: bool):
         proc.wait(timeout=20)
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_reader_waits_for_writer_in_other_process(tmp_path):
     """A writer in another process holds the file; our reader retries and then reads."""
     db = tmp_path / "r.duckdb"
@@ -128,7 +128,7 @@ def test_reader_waits_for_writer_in_other_process(tmp_path):
             assert queries.done_run_ids(con) == {"r1"}
 
 
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_writer_waits_for_reader_in_other_process(tmp_path):
     db = tmp_path / "r.duckdb"
     write_run(db, _bundle("r1"))

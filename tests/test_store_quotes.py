@@ -130,7 +130,7 @@ def test_every_query_is_covered():
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))
-@pytest.mark.slow  # >= 1 s on the 2-core box: the fast tier stays under 2 min
+@pytest.mark.slow  # over a second: the fast tier (-m "not slow") keeps to quick tests
 def test_quoted_names_round_trip(db, name):
     assert hasattr(queries, name), f"queries.{name} is gone (renamed?): update CALLS"
     args, expected = CALLS[name]

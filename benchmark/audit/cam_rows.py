@@ -80,7 +80,8 @@ def lung_mass_ceiling(masks: np.ndarray, shape: tuple[int, int]) -> list[float |
     """lung_mass of the best map a CAM of `shape` can draw: the lung mask area-pooled to that grid.
 
     A layer-resolution map upsampled bilinearly spills over the lung border, so even a perfect
-    map cannot score 1 (measured on phantom v2: 0.50 at 4 x 4, 0.72 at 7 x 7, 0.86 at 14 x 14).
+    map cannot score 1, and the coarser its grid the lower its best score (the phantom's figures:
+    bench/RESULTS.md).
     Reading lung_mass between the uniform baseline and this ceiling keeps models with
     different map resolutions comparable.
     """

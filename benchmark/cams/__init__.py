@@ -9,7 +9,7 @@ import importlib
 
 # The paper's maps (last block) plus one fine enough for the lung measures: on the phantom the
 # last-block Grad-CAM of resnet18 (7 x 7 at 224 px) does not tell a lung-reading model from a
-# shortcut one (0.411 vs 0.455), a stride-16 HiResCAM does (bench/RESULTS.md, "Proving the measure").
+# shortcut one, a stride-16 HiResCAM does (bench/RESULTS.md, "Proving the measure").
 DEFAULT_CAM_METHODS = ("cam", "gradcam", "hirescam@stride16")
 
 _EXPORTS = {

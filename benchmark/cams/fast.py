@@ -1,8 +1,8 @@
 """Batched CAM, Grad-CAM and HiResCAM that stay on the model's device.
 
 Why not pytorch-grad-cam here: it copies activations, gradients and every map to the CPU per
-batch and calls model.eval() on the caller's model; on a GPU the copies dominate (docs/ARCHITECTURE.md
-measured 3.5x on resnet50). This path keeps activations and gradients on the device, takes
+batch and calls model.eval() on the caller's model; on a GPU the copies dominate (bench/RESULTS.md,
+"CAM throughput"). This path keeps activations and gradients on the device, takes
 gradients with `torch.autograd.grad` w.r.t. the hooked activation only (so the parameters'
 `.grad` are never touched and no backward runs past the CAM layer), normalises per image on the
 device and copies the maps to the CPU once at the end. The caller owns the model's mode.
@@ -53,9 +53,8 @@ def resolve_device(model: torch.nn.Module, device: torch.device | str | None = N
 def _autocast(device: torch.device, amp: bool):
     """bf16 autocast for the forward on CUDA only; maps are always computed in fp32.
 
-    Off by default: measured on an H200 (512 images at 224 px), bf16 moved normalised maps by
-    up to 0.05 (mean 0.003-0.004) from fp32 and saved only ~20 % on resnet50 and nothing on
-    resnet18 (tens of milliseconds in all), too little to trade the audit's fidelity for.
+    Off by default: bf16 moves normalised maps away from fp32's and saves little time on the
+    roster's nets (bench/RESULTS.md), too little to trade the audit's fidelity for.
     """
     if amp and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -112,7 +111,7 @@ def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
     pytorch-grad-cam scales twice: once per target layer (compute_cam_per_layer) and again
     after averaging the layers (aggregate_multi_layers). The second pass matters: untrained or
     deep nets give raw maps of 1e-10..1e-6, which one pass with its 1e-7 epsilon would leave
-    at a maximum far below 1 (measured on the zoo at 64 px: mobilenet_v2 0.002, googlenet 1e-6).
+    at a maximum far below 1 (as untrained mobilenet_v2 and googlenet do at 64 px).
     """
     maps = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0).relu()
     return _scale(_scale(maps.flatten(1))).view_as(maps)

@@ -2,8 +2,8 @@
 
 The dashboard shares one cached model between browser sessions (Streamlit threads). A plain
 forward hook on a shared layer sees every thread's forward pass, so two sessions explaining the
-same checkpoint at once would read each other's activations (measured before this module: 7 of
-120 concurrent live CAMs came back with another request's map, 98 failed). Here every hook
+same checkpoint at once would read each other's activations and come back with another request's
+map, or fail (tests/test_cam_threads.py runs such requests from 8 threads). Here every hook
 runs its function only in the thread that registered it; the call that registers it removes
 it before returning.
 

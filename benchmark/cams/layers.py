@@ -8,8 +8,9 @@ vgg16's last conv block before its final pool, shallow's `features`), so runs of
 models stay comparable in one leaderboard column.
 
 Why a finer layer at all: a map is upsampled before the lung measures, so its resolution caps
-lung_mass. On the phantom a perfect lungs-only map scores 0.50 at 4 x 4 (resnet18's last block
-at 128 px), 0.75 at 8 x 8 and 0.86 at 14 x 14 (bench/RESULTS.md).
+lung_mass. Even a perfect lungs-only map scores far below 1 at 4 x 4 (resnet18's last block at
+128 px) and closer to 1 on each finer grid; `audit.cam_rows.lung_mass_ceiling` stores that cap
+with every map (the phantom's figures: bench/RESULTS.md, "Proving the measure").
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Registry of CAM methods over pytorch-grad-cam, keyed by the lowercase names stored in `cams.method`.
 
 Each entry wraps a pytorch-grad-cam class so that its maps stay at the target layer's own
-resolution: docs/ARCHITECTURE.md stores maps there and upsamples only for display and measures, and
+resolution: the store keeps maps there (docs/contract.md) and upsamples only for display and measures, and
 pytorch-grad-cam would otherwise resize every map to the input size inside `__call__`.
 `get_target_width_height` is the one hook `BaseCAM.compute_cam_per_layer` asks for that size;
 returning None makes `scale_cam_image` min-max normalise without resizing.

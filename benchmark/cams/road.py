@@ -2,8 +2,8 @@
 
 pytorch-grad-cam's `NoisyLinearImputer` builds one sparse system per image and percentile with
 scipy (a `lil_matrix` filled in Python) and solves it with SuperLU on the CPU, even when the
-model is on a GPU: about 4.5 s per image at 224 px for 4 percentiles x MoRF/LeRF
-(bench/RESULTS.md). This module solves the same systems with torch, for every image x percentile x
+model is on a GPU: seconds per image at 224 px for 4 percentiles x MoRF/LeRF (bench/RESULTS.md,
+"Faithfulness cost"). This module solves the same systems with torch, for every image x percentile x
 order x channel of a chunk at once, on whatever device the images are on.
 
 The system (pytorch-grad-cam's, with the sign flipped). Each removed pixel i gets the value x_i with

@@ -1,7 +1,8 @@
-"""Command line: `python -m benchmark` or `cxr-audit` {run,data,cams,evaluate,lungs} (--help everywhere).
+"""Command line: `python -m benchmark` or `cxr-audit` COMMAND (--help everywhere).
 
-parser.py builds the flags (from benchmark/config.py); each command lives in its own module and
-is registered in COMMANDS below, keyed by (command, subcommand).
+COMMANDS below is the one list of commands: each lives in its own module, keyed by (command,
+subcommand); parser.py adds one subparser per command, in this order, with flags made from
+benchmark/config.py, and the top-level help names them from here.
 """
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ COMMANDS = {
     ("report", None): "report:cmd_report",
     ("import", None): "import_:cmd_import",
 }
+
+
+def command_names() -> list[str]:
+    """The top-level commands, in registration order (`run`, `data`, ...)."""
+    return list(dict.fromkeys(command for command, _ in COMMANDS))
 
 
 def dispatch(args) -> int:

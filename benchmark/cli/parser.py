@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from benchmark import paths
+from benchmark.cli import command_names
 from benchmark.cli.options import add_config_args
 from benchmark.config import AuditConfig, DataConfig, ExecutorConfig, TrainConfig
 from benchmark.lungseg.pipeline import LungTrainConfig
@@ -164,12 +165,21 @@ def _add_import(sub) -> None:
     add_config_args(imp, JobSpec, include=["checkpoint_dir"])
 
 
+#: command -> the function that adds its subparser; the commands and their order come from COMMANDS
+SUBPARSERS = {"run": _add_run, "data": _add_data, "cams": _add_cams, "evaluate": _add_evaluate, "lungs": _add_lungs,
+              "report": _add_report, "import": _add_import}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    commands = command_names()
+    missing = [c for c in commands if c not in SUBPARSERS]
+    if missing:
+        raise RuntimeError(f"commands registered in benchmark.cli.COMMANDS without a subparser: {missing}")
     parser = argparse.ArgumentParser(prog="cxr-audit", description="Shortcut-learning audit of chest X-ray "
-                                     "classifiers: python -m benchmark {run,data,cams,evaluate,lungs} (--help "
+                                     f"classifiers: python -m benchmark {{{','.join(commands)}}} (--help "
                                      "everywhere).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_data, _add_cams, _add_evaluate, _add_lungs, _add_report, _add_import):
-        add(sub)
+    for command in commands:
+        SUBPARSERS[command](sub)
     return parser

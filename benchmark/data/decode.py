@@ -1,7 +1,7 @@
 """Decode each image once per input size and keep the uint8 result on disk.
 
-JPEG decoding runs at about 115 images/s per CPU core (docs/ARCHITECTURE.md), slower than most models
-train on a GPU, so every (image, input size) is decoded once, squashed to the model's square
+JPEG decoding on a CPU core is slower than most models train on a GPU (bench/RESULTS.md), so
+every (image, input size) is decoded once, squashed to the model's square
 input with :func:`~benchmark.data.imageio.resize_image`, and stored as a small ``.npy``.
 A second run, or a second model at the same input size, reads only the cache.
 

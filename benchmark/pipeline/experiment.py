@@ -1,8 +1,8 @@
 """Experiments as data: a TOML file naming datasets, models, seeds, the three configs and the
 external-validation pairs; `specs()` turns it into the grid's JobSpecs.
 
-Shipped experiments live in benchmark/configs/experiments/ (`paper`, `paper-cpu`); any path works
-too. The file's [data], [train] and [audit] tables take the fields of DataConfig, TrainConfig and
+Shipped experiments live in benchmark/configs/experiments/ (`shipped_experiments()` lists them);
+any path works too. The file's [data], [train] and [audit] tables take the fields of DataConfig, TrainConfig and
 AuditConfig (benchmark/config.py), so an experiment can set anything the CLI can.
 """
 from __future__ import annotations

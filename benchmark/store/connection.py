@@ -1,7 +1,7 @@
 """Opening results.duckdb: a short-lived writer, read-only readers that retry on a lock.
 
-DuckDB lets one process write, and (measured, duckdb 2.0) a writer blocks every other process
-from opening the file, and a reader blocks a writer. So the benchmark holds its write
+DuckDB lets one process write: a writer blocks every other process from opening the file, and a
+reader blocks a writer (tests/test_store.py, two processes). So the benchmark holds its write
 connection only for one run's transaction, and readers open briefly and retry.
 
 A file that is not a usable results database (truncated, corrupt, not DuckDB, or written by a

@@ -1,6 +1,6 @@
 """DuckDB schema of results.duckdb.
 
-The contract columns, listed in docs/ARCHITECTURE.md (mirrored from ../shared/docs/DESIGN.md),
+The contract columns, listed in docs/contract.md (tests/test_docs.py checks them against TABLES),
 are relied on by checks and the dashboard: add columns, never rename. Every statement that
 creates or changes tables is here.
 """

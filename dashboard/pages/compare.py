@@ -54,8 +54,9 @@ label = c2.selectbox("True class", labels, key="cmp_label")
 shown = images if label == "all" else images[images.label == label]
 ids = shown["image_id"].tolist()
 _valid("cmp_image", ids)
-# The selectbox offers a window of PICKER_WINDOW images around the current one (a 25k-option widget
-# costs a second per rerun to build and send); Prev/Next walk the whole list.
+# The selectbox offers a window of PICKER_WINDOW images around the current one (a widget with every
+# image of a large dataset as an option is slow to build and send on each rerun); Prev/Next walk the
+# whole list.
 position = ids.index(st.session_state["cmp_image"]) if st.session_state.get("cmp_image") in ids else 0
 window = views.window(len(ids), position, PICKER_WINDOW)
 by_id = shown.iloc[window].set_index("image_id")

@@ -43,7 +43,7 @@ method = c2.selectbox("CAM method", methods, index=views.preferred_method_index(
                            "@stride16 explains at the last layer 16 times smaller than the input (finer maps).")
 if not checkpoints:
     st.info(f"No classifier checkpoints in `{cfg.checkpoints_dir}`. `python -m benchmark run` saves one per "
-            "trained model (or start the dashboard with `--checkpoints DIR`). The upload below still shows "
+            "trained model (or start the dashboard with `--checkpoint-dir DIR`). The upload below still shows "
             "the image and its lung mask.")
 opacity, colormap, show_contour = common.overlay_controls("live")
 

@@ -199,7 +199,7 @@ class RayExecutor:
             if pending:  # Ctrl-C, or the grid stopped: nothing more is stored, so nothing more should run
                 for ref in pending:
                     # force: kill the worker. A plain cancel only raises KeyboardInterrupt in a running
-                    # task, which was seen not to stop a training job within 60 s (CI, 2026-11-29).
+                    # task, which a training job in a long torch call may not see for a long time.
                     # Checkpoints are written to .tmp and renamed, so a killed worker leaves none half-written.
                     ray.cancel(ref, force=True)
                 log.warning("Ray: %d unfinished jobs cancelled", len(pending))
