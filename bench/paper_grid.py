@@ -98,10 +98,11 @@ def load(args):
     """The experiment with the command line's overrides applied."""
     exp = load_experiment(args.experiment).with_overrides(data_root=args.data_root, cache_dir=args.cache_dir,
                                                           external_root=args.external_root)
-    data = {k: v for k, v in {"max_per_class": args.max_per_class, "image_size": args.image_size}.items()
-            if v is not None}
+    data = {k: v for k, v in {"max_per_class": args.max_per_class, "image_size": args.image_size,
+                              "n_phantom": args.n_phantom}.items() if v is not None}
     train = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size}.items() if v is not None}
-    audit = {"faithfulness_sample": args.faithfulness_sample} if args.faithfulness_sample is not None else {}
+    audit = {k: v for k, v in {"faithfulness_sample": args.faithfulness_sample, "n_boot": args.n_boot}.items()
+             if v is not None}
     top = {}
     if args.models:
         top["models"] = tuple(resolve_models(args.models))
@@ -132,6 +133,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--faithfulness-sample", type=int, default=None)
+    ap.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples per CI (the experiment's by default)")
+    ap.add_argument("--n-phantom", type=int, default=None, help="images per phantom dataset (phantom presets only)")
     ap.add_argument("--throughput-steps", type=int, default=None, help="timed steps per architecture "
                     "(default 20 on CUDA, 3 on CPU)")
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table per architecture")

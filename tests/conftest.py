@@ -77,6 +77,57 @@ def pytest_configure(config) -> None:
         config.pluginmanager.register(CiSkipGuard(), "ci-skip-guard")
 
 
+# --- the cuda tier: on a CUDA device, or its bodies on the CPU under $CXR_TEST_DEVICE=cpu ---
+
+ENV_TEST_DEVICE = "CXR_TEST_DEVICE"
+CUDA_SKIP_REASON = "needs a CUDA device"
+
+
+def cuda_tier_device() -> torch.device | None:
+    """Where the tests marked `cuda` run: `cuda` (or `cuda:N`) when torch sees a CUDA device; the
+    CPU when $CXR_TEST_DEVICE=cpu, so that their code runs before any GPU sees it; None otherwise
+    (they skip with CUDA_SKIP_REASON). Naming cuda in $CXR_TEST_DEVICE on a machine without one is
+    an error, not a skip: a GPU check must not pass by skipping its tests."""
+    wanted = os.environ.get(ENV_TEST_DEVICE, "").strip().lower()
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if wanted not in ("", "cuda") and not wanted.startswith("cuda:"):
+        raise pytest.UsageError(f"${ENV_TEST_DEVICE}={wanted!r}: use cpu, cuda or cuda:N (or leave it unset)")
+    if torch.cuda.is_available():
+        return torch.device(wanted or "cuda")
+    if wanted:
+        raise pytest.UsageError(f"${ENV_TEST_DEVICE}={wanted} but torch sees no CUDA device")
+    return None
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Without a device for the cuda tier, its tests are collected and skipped, all with one reason."""
+    if cuda_tier_device() is not None:
+        return
+    skip = pytest.mark.skip(reason=CUDA_SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """The cuda tier's device (see cuda_tier_device); only tests marked `cuda` may ask for it."""
+    if request.node.get_closest_marker("cuda") is None:
+        pytest.fail("the `device` fixture is for tests marked cuda (@pytest.mark.cuda)", pytrace=False)
+    dev = cuda_tier_device()
+    if dev is None:  # the collection hook has skipped them already; a direct call still says why
+        pytest.skip(CUDA_SKIP_REASON)
+    return dev
+
+
+def no_tf32():
+    """A context in which CUDA convolutions run in IEEE fp32, as the CPU's do. By default cuDNN runs
+    fp32 convolutions in TF32 (a 10-bit mantissa), which alone moves outputs by about 1e-3; matrix
+    products are IEEE fp32 by default. On the CPU it changes nothing."""
+    return torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
+
+
 @pytest.fixture(scope="session")
 def cxr_root() -> Path:
     require((CXR_DATA / "cohen" / "manifest.csv").is_file(),
