@@ -91,13 +91,18 @@ def _metric_rows(rows, split: str, prefix: str = "") -> list[dict]:
              "ci_high": m.ci_high} for m in rows]
 
 
-def internal_set_rows(db: str | Path, run_id: str, classes: list[str], set_classes: list[str], split: str, *,
-                      seed: int, n_boot: int) -> list[dict]:
-    """The set rule on the run's own stored test predictions of the set's classes (`internal_*`
-    rows in `split`); none when the run stored no such predictions."""
+def stored_test_predictions(db: str | Path, run_id: str) -> pd.DataFrame:
+    """The run's own test predictions with their patients, read once for all of its sets."""
     with reader(db) as con:
         test = queries.performance_predictions(con, [run_id])
-    test = test[(test.split == "test") & test.label.isin(set_classes)]
+    return test[test.split == "test"]
+
+
+def internal_set_rows(test: pd.DataFrame, classes: list[str], set_classes: list[str], split: str, *,
+                      seed: int, n_boot: int) -> list[dict]:
+    """The set rule on the run's stored test predictions (`stored_test_predictions`) of the set's
+    classes (`internal_*` rows in `split`); none when the run stored no such predictions."""
+    test = test[test.label.isin(set_classes)]
     if test.empty:
         return []
     probs = np.stack([np.asarray(p, dtype=np.float64) for p in test.probs])
@@ -109,7 +114,7 @@ def internal_set_rows(db: str | Path, run_id: str, classes: list[str], set_class
 
 def _score_set(model, meta: dict, checkpoint: str | Path, dataset: Dataset, db: str | Path, *, device,
                audit: AuditConfig, seed: int, cache_dir: str | None, progress: bool,
-               seen: set[tuple[str, str]] | None) -> ExternalResult:
+               seen: set[tuple[str, str]] | None, test: pd.DataFrame) -> ExternalResult:
     """Score one loaded model on one dataset and store its rows in one transaction."""
     classes = meta["classes"]
     known = known_records(dataset, classes)
@@ -129,7 +134,7 @@ def _score_set(model, meta: dict, checkpoint: str | Path, dataset: Dataset, db: 
         patients = [r.patient_id for r in decoded.records]
         ext = set_metrics_with_ci(labels, probs, classes, set_classes, patients, n_boot=audit.n_boot, seed=seed)
         metric_rows = metric_rows + _metric_rows([m for m in ext if m.metric in ("set_auc", "off_set_share")], split)
-    metric_rows += internal_set_rows(db, run_id, classes, set_classes, split, seed=seed, n_boot=audit.n_boot)
+    metric_rows += internal_set_rows(test, classes, set_classes, split, seed=seed, n_boot=audit.n_boot)
     by_name = {m["metric"]: m for m in metric_rows if not m["class_name"]}
     acc = by_name["accuracy"]
     internal = (meta.get("metrics") or {}).get("accuracy")
@@ -167,11 +172,12 @@ def evaluate_external_sets(checkpoint: str | Path, datasets: list[Dataset], db: 
     """Score `checkpoint` on each dataset, loading the model once; each set is stored in its own
     transaction, and a set that fails gives its exception in its place while the rest go on."""
     model, meta = load_checkpoint(checkpoint, device=device)
+    test = stored_test_predictions(db, meta.get("run_id") or Path(checkpoint).stem)
     out: list[ExternalResult | Exception] = []
     for dataset in datasets:
         try:
             out.append(_score_set(model, meta, checkpoint, dataset, db, device=device, audit=audit, seed=seed,
-                                  cache_dir=cache_dir, progress=progress, seen=seen))
+                                  cache_dir=cache_dir, progress=progress, seen=seen, test=test))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
