@@ -81,3 +81,21 @@ def test_every_zoo_model_has_a_stride16_layer(name):
     layer = layer_at_stride(model, 16)
     strides = dict(layer_strides(model))
     assert 16 / 2 ** 0.5 <= strides[layer] <= 16 * 2 ** 0.5
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "shallow", "vgg16", "mobilenet_v2"])
+def test_methods_asked_together_give_the_maps_each_gives_alone(arch):
+    # Grad-CAM and HiResCAM at two layers share one forward and backward (compute_cams_many);
+    # each map must be the one its own call gives, whatever else was asked with it
+    from benchmark.cams.engine import compute_cams, compute_cams_many
+
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=3).eval()
+    x = torch.rand(5, 1, 64, 64)
+    targets = torch.tensor([0, 2, 1, 1, 0])
+    asked = [("gradcam", None), ("hirescam", "stride16"), ("gradcam", "stride16"), ("gradcam++", None)]
+    together = compute_cams_many(model, x, targets, asked, batch_size=3)
+    for (method, layer), maps in zip(asked, together):
+        alone = compute_cams(model, x, targets, method, batch_size=3, layer=layer)
+        assert maps.shape == alone.shape and maps.shape[0] == 5
+        torch.testing.assert_close(maps, alone, rtol=0, atol=1e-6, msg=f"{method}@{layer}")

@@ -51,6 +51,35 @@ def test_bad_experiments_fail_with_the_valid_choices(tmp_path):
         load_experiment(str(bad))
 
 
+def test_a_dataset_can_override_the_data_table():
+    exp = experiment_from_table("x", {"datasets": ["covid-normal", "cohen-nih"], "models": ["shallow"],
+                                      "data": {"max_per_class": 200, "image_size": 80,
+                                               "covid-normal": {"max_per_class": 400}}})
+    caps = {s.data.name: (s.data.max_per_class, s.data.image_size) for s in exp.specs()}
+    assert caps == {"covid-normal": (400, 80), "cohen-nih": (200, 80)}
+    assert exp.data.max_per_class == 200 and exp.dataset_data("cohen-nih").max_per_class == 200
+    with pytest.raises(BenchmarkError, match=r"\[data.phantom\] names no dataset of the experiment"):
+        experiment_from_table("x", {"datasets": ["covid-normal"], "models": ["shallow"],
+                                    "data": {"phantom": {"max_per_class": 4}}})
+    with pytest.raises(BenchmarkError, match=r"\[data.covid-normal\] has unknown keys \['max_per_klass'\]"):
+        experiment_from_table("x", {"datasets": ["covid-normal"], "models": ["shallow"],
+                                    "data": {"covid-normal": {"max_per_klass": 4}}})
+
+
+def test_an_auto_set_is_scored_as_its_own_runs_select_it():
+    from benchmark.pipeline.experiment import external_spec
+
+    exp = experiment_from_table("x", {"datasets": ["covid-normal", "cohen-nih"],
+                                      "models": ["shallow"],
+                                      "data": {"max_per_class": 200, "covid-normal": {"max_per_class": 400}}})
+    by_name = {s.data.name: s for s in exp.specs()}
+    nih, cn = by_name["cohen-nih"], by_name["covid-normal"]
+    assert external_spec(nih, "covid-normal", cn.data).data.max_per_class == 400
+    assert external_spec(cn, "cohen-nih", nih.data).data.max_per_class == 200
+    assert external_spec(nih, "covid-normal").data.max_per_class == 200  # no run of its own: the scorer's
+    assert external_spec(cn, "external-covid-normal", nih.data).data.max_per_class is None  # never capped
+
+
 def test_data_and_seed_take_comma_lists():
     args = build_parser().parse_args(["run", "--data", "phantom,phantom-clean", "--seed", "0,3", "--models",
                                       "shallow", "--epochs", "2"])

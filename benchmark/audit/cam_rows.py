@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.cams.engine import compute_cams, explain_predictions
+from benchmark.cams.engine import compute_cams, compute_cams_many, explain_predictions
 from benchmark.cams.layers import resolve_layer
 from benchmark.cams.lungfocus import lung_focus_batch
 from benchmark.cams.methods import list_cam_methods
@@ -115,8 +115,10 @@ def cam_rows(model, images: np.ndarray, masks: np.ndarray, mask_sources: list[st
     by_shape: dict[tuple, tuple] = {}  # (ceilings, marker region) depend on the map shape only
     frames = []
     model.eval()
-    for method in applicable_methods(model, methods):
-        maps = method_maps(model, x, targets, method, device, batch_size)
+    keep = applicable_methods(model, methods)
+    all_maps = compute_cams_many(model, x, targets, [split_method(m) for m in keep], batch_size=batch_size,
+                                 device=device)
+    for method, maps in zip(keep, all_maps):
         focus = lung_focus_batch(maps, target_masks)
         maps16 = maps.numpy().astype(np.float16)
         shape = maps16.shape[1:]

@@ -29,6 +29,7 @@ from benchmark.cams.fast import (
     check_batch_args,
     normalise_maps,
     prepare_images,
+    shared_gradient_cams,
     upsample_maps,
 )
 from benchmark.cams.layers import target_module
@@ -67,6 +68,30 @@ def compute_cams(
         return entry.fast(model, images, targets, batch_size=batch_size, device=device, amp=amp,
                           target_layer=target_layer)
     return _pytorch_grad_cam_maps(model, entry, images, targets, target_layer, batch_size=batch_size, device=device)
+
+
+def compute_cams_many(model, images: torch.Tensor, targets: torch.Tensor, methods: list[tuple[str, str | None]], *,
+                      batch_size: int = 32, device: torch.device | str | None = None,
+                      amp: bool = False) -> list[torch.Tensor]:
+    """compute_cams for several (method, layer) pairs at once, maps in the same order.
+
+    The gradient methods among them (registry `from_gradients`: Grad-CAM, HiResCAM, at any
+    layers) share one forward and one backward per batch (fast.shared_gradient_cams); the
+    others run one by one. Each map equals its own compute_cams call.
+    """
+    entries = [(resolve_cam_method(m, model, layer), target_module(model, layer)) for m, layer in methods]
+    shared = [i for i, (entry, _) in enumerate(entries) if entry.from_gradients is not None]
+    out: list[torch.Tensor | None] = [None] * len(entries)
+    if len(shared) > 1:
+        parts = [(entries[i][0].from_gradients, entries[i][1]) for i in shared]
+        for i, maps in zip(shared, shared_gradient_cams(model, images, targets, parts, batch_size=batch_size,
+                                                        device=device, amp=amp)):
+            out[i] = maps
+    for i, (method, layer) in enumerate(methods):
+        if out[i] is None:
+            out[i] = compute_cams(model, images, targets, method, batch_size=batch_size, device=device, amp=amp,
+                                  layer=layer)
+    return out
 
 
 def explain_predictions(

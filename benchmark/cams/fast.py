@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -215,9 +216,57 @@ def grad_cams(model, images: torch.Tensor, targets: torch.Tensor | None, *, batc
 
     def one_batch(x, t_cpu, outputs, dev, amp):
         act, grads, logits = _target_gradients(model, x, t_cpu, outputs, dev, amp)
-        return torch.einsum("nk,nkhw->nhw", grads.mean(dim=(2, 3)), act), logits
+        return gradcam_map(act, grads), logits
 
     return _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer, return_logits)
+
+
+def gradcam_map(act: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM's raw map from one layer's activation and gradient (N x C x h x w each)."""
+    return torch.einsum("nk,nkhw->nhw", grads.mean(dim=(2, 3)), act)
+
+
+def hirescam_map(act: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """HiResCAM's raw map from one layer's activation and gradient."""
+    return (grads * act).sum(dim=1)
+
+
+def shared_gradient_cams(model, images: torch.Tensor, targets: torch.Tensor | None,
+                         parts: list[tuple[Callable, torch.nn.Module]], *, batch_size: int = 32,
+                         device: torch.device | str | None = None, amp: bool = False) -> list[torch.Tensor]:
+    """Maps of several gradient methods at once: `parts` is [(raw map from (activation, gradient),
+    layer)], for example Grad-CAM at the last block and HiResCAM at stride 16. Each batch takes
+    one forward and one backward (to the earliest layer) for all of them, where separate calls take
+    one of each per method; every map equals its own method's call (same forward, same gradient).
+    Returns one N x h x w map tensor per part, in order."""
+    device, targets_cpu = check_batch_args(model, images, targets, batch_size, device)
+    layers = list(dict.fromkeys(layer for _, layer in parts))
+    maps: list[list[torch.Tensor]] = [[] for _ in parts]
+    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+    with contextlib.ExitStack() as stack:
+        captured = [stack.enter_context(capture_layer_output(layer)) for layer in layers]
+        for start in range(0, images.shape[0], batch_size):
+            x = prepare_images(images[start:start + batch_size], device).detach().requires_grad_(True)
+            t_cpu = None if targets_cpu is None else targets_cpu[start:start + batch_size]
+            for outputs in captured:
+                outputs.clear()
+            with torch.enable_grad(), _autocast(device, amp):
+                logits = model(x)
+            acts = [_layer_output(outputs) for outputs in captured]
+            t = _targets_on_device(t_cpu, logits)
+            score = logits.float().gather(1, t[:, None]).sum()
+            grads = torch.autograd.grad(score, acts)
+            by_layer = {id(layer): (a.detach().float(), g.float()) for layer, a, g in zip(layers, acts, grads)}
+            for out, (combine, layer) in zip(maps, parts):
+                raw = combine(*by_layer[id(layer)])
+                nonfinite += (~torch.isfinite(raw)).flatten(1).any(dim=1).sum()
+                out.append(normalise_maps(raw))
+            for outputs in captured:
+                outputs.clear()
+    if int(nonfinite):
+        log.warning("%d CAM(s) had non-finite values (NaN/inf activations); those entries were set to 0",
+                    int(nonfinite))
+    return [torch.cat(m).cpu() if m else torch.zeros((0, 0, 0), dtype=torch.float32) for m in maps]
 
 
 def hires_cams(model, images: torch.Tensor, targets: torch.Tensor | None, *, batch_size: int = 32,
@@ -228,7 +277,7 @@ def hires_cams(model, images: torch.Tensor, targets: torch.Tensor | None, *, bat
 
     def one_batch(x, t_cpu, outputs, dev, amp):
         act, grads, logits = _target_gradients(model, x, t_cpu, outputs, dev, amp)
-        return (grads * act).sum(dim=1), logits
+        return hirescam_map(act, grads), logits
 
     return _run_batched(model, images, targets, batch_size, device, amp, one_batch, target_layer, return_logits)
 

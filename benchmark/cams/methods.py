@@ -101,7 +101,9 @@ class CamMethod:
 
     `cam_class` is the layer-resolution pytorch-grad-cam class; `requires_gap_head` marks
     methods whose definition needs logits = Linear(GAP(target layer)) (the original CAM);
-    `fast` is the batched on-device implementation, or None.
+    `fast` is the batched on-device implementation, or None; `from_gradients`, for a method
+    whose map is a function of one layer's activation and gradient, that function: such methods
+    share one forward and backward when several are asked at once (engine.compute_cams_many).
     """
 
     name: str
@@ -109,6 +111,7 @@ class CamMethod:
     requires_gap_head: bool = False
     fast: Callable | None = None
     summary: str = ""
+    from_gradients: Callable | None = None
 
     def applies_to(self, model, layer: str | None = None) -> bool:
         """Whether the method explains `model` at `layer` (None: the registry's CAM layer). A
@@ -138,6 +141,7 @@ def register_cam_method(
     requires_gap_head: bool = False,
     fast: Callable | None = None,
     summary: str = "",
+    from_gradients: Callable | None = None,
 ) -> Callable[[type], type]:
     """Decorator (or call on an existing class) adding a BaseCAM subclass under `name`.
 
@@ -156,6 +160,7 @@ def register_cam_method(
             requires_gap_head=requires_gap_head,
             fast=fast,
             summary=summary or (cls.__doc__ or "").strip().split("\n")[0],
+            from_gradients=from_gradients,
         )
         return cls
 
@@ -202,10 +207,10 @@ class ClassActivationMap(BaseCAM):
 
 register_cam_method("cam", requires_gap_head=True, fast=fast_paths.class_activation_maps,
                     summary="class activation mapping: classifier row of the target class")(ClassActivationMap)
-register_cam_method("gradcam", fast=fast_paths.grad_cams,
+register_cam_method("gradcam", fast=fast_paths.grad_cams, from_gradients=fast_paths.gradcam_map,
                     summary="Grad-CAM: channel weights = spatial mean of the gradients")(GradCAM)
 register_cam_method("gradcam++", summary="Grad-CAM++: higher-order gradient weights")(GradCAMPlusPlus)
-register_cam_method("hirescam", fast=fast_paths.hires_cams,
+register_cam_method("hirescam", fast=fast_paths.hires_cams, from_gradients=fast_paths.hirescam_map,
                     summary="HiResCAM: element-wise gradient x activation")(HiResCAM)
 register_cam_method("scorecam", summary="Score-CAM: weights from the score of masked inputs")(ScoreCAM)
 register_cam_method("layercam", summary="LayerCAM: positive gradients x activation")(LayerCAM)

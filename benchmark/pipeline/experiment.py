@@ -3,7 +3,9 @@ external-validation pairs; `specs()` turns it into the grid's JobSpecs.
 
 Shipped experiments live in benchmark/configs/experiments/ (`shipped_experiments()` lists them);
 any path works too. The file's [data], [train] and [audit] tables take the fields of DataConfig, TrainConfig and
-AuditConfig (benchmark/config.py), so an experiment can set anything the CLI can.
+AuditConfig (benchmark/config.py), so an experiment can set anything the CLI can. A table inside
+[data] named after one of the experiment's datasets (`[data.covid-normal]`) overrides [data] for that
+dataset only, for example a larger per-class cap for the preset with the fewest classes.
 """
 from __future__ import annotations
 
@@ -44,13 +46,19 @@ class Experiment:
     audit: AuditConfig = AuditConfig()
     lungs_only_controls: bool = False
     external: tuple[str | tuple[str, str], ...] = ("auto",)
+    data_by_dataset: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # [data.<dataset>] overrides
+
+    def dataset_data(self, dataset: str) -> DataConfig:
+        """[data] with the dataset's own overrides, named `dataset`."""
+        own = dict(dict(self.data_by_dataset).get(dataset, ()))
+        return dataclasses.replace(self.data, name=dataset, **own)
 
     def specs(self, **top: Any) -> list[JobSpec]:
         """Every job of the grid; `top` sets JobSpec's own fields (device, checkpoint_dir, progress)."""
         out = []
         for dataset in self.datasets:
             for lungs_only in (False, True) if self.lungs_only_controls else (self.data.lungs_only,):
-                data = dataclasses.replace(self.data, name=dataset, lungs_only=lungs_only)
+                data = dataclasses.replace(self.dataset_data(dataset), lungs_only=lungs_only)
                 for seed in self.seeds:
                     train = dataclasses.replace(self.train, seed=seed)
                     out += [JobSpec.for_model(m, data, train=train, audit=self.audit, **top) for m in self.models]
@@ -114,9 +122,11 @@ def experiment_from_table(name: str, table: dict[str, Any]) -> Experiment:
     for key in ("datasets", "models"):
         if not table.get(key):
             raise BenchmarkError(f"experiment {name}: '{key}' must list at least one entry")
-    parts = {}
+    parts, by_dataset = {}, ()
     for part, cls in _PARTS.items():
         values = dict(table.get(part, {}))
+        if part == "data":
+            values, by_dataset = _data_overrides(name, values, table.get("datasets") or [])
         fields = {f.name for f in dataclasses.fields(cls)} - {"name", "lungs_only", "seed"}
         bad = set(values) - fields
         if bad:
@@ -129,7 +139,25 @@ def experiment_from_table(name: str, table: dict[str, Any]) -> Experiment:
     external = parse_external(name, table.get("external", "auto"))
     return Experiment(name=name, datasets=tuple(table["datasets"]), models=tuple(dict.fromkeys(models)),
                       seeds=tuple(int(s) for s in table.get("seeds", [0])), description=table.get("description", ""),
-                      lungs_only_controls=bool(table.get("lungs_only_controls", False)), external=external, **parts)
+                      lungs_only_controls=bool(table.get("lungs_only_controls", False)), external=external,
+                      data_by_dataset=by_dataset, **parts)
+
+
+def _data_overrides(name: str, values: dict[str, Any], datasets: list[str]):
+    """[data] split into its own fields and its per-dataset tables ([data.<dataset>]), each checked."""
+    nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+    fields = {f.name for f in dataclasses.fields(DataConfig)} - {"name", "lungs_only"}
+    out = []
+    for dataset, own in nested.items():
+        if dataset not in datasets:
+            raise BenchmarkError(f"experiment {name}: [data.{dataset}] names no dataset of the experiment; "
+                                 f"its datasets: {list(datasets)}")
+        bad = set(own) - fields
+        if bad:
+            raise BenchmarkError(f"experiment {name}: [data.{dataset}] has unknown keys {sorted(bad)}; "
+                                 f"valid: {sorted(fields)}")
+        out.append((dataset, tuple(sorted(own.items()))))
+    return {k: v for k, v in values.items() if k not in nested}, tuple(out)
 
 
 def parse_external(name: str, value: Any) -> tuple[str | tuple[str, str], ...]:
@@ -152,12 +180,17 @@ def parse_external(name: str, value: Any) -> tuple[str | tuple[str, str], ...]:
     return tuple(out)
 
 
-def external_spec(spec: JobSpec, dataset: str) -> JobSpec:
-    """The spec whose dataset is `dataset` as scored by `spec`'s model: the same data options, except
-    that an external preset (one read from the external root) is scored whole, never capped."""
+def external_spec(spec: JobSpec, dataset: str, like: DataConfig | None = None) -> JobSpec:
+    """The spec whose dataset is `dataset` as scored by `spec`'s model: `spec`'s data options, or,
+    where the experiment trains on `dataset` too, the selection of those runs (`like`: its cap,
+    phantom size and split seed), so an auto set is the dataset its own runs saw. An external
+    preset (one read from the external root) is scored whole, never capped."""
     from benchmark.data.presets import presets
 
     data = dataclasses.replace(spec.data, name=dataset)
+    if like is not None:
+        data = dataclasses.replace(data, max_per_class=like.max_per_class, n_phantom=like.n_phantom,
+                                   data_seed=like.data_seed)
     if presets().get(dataset, {}).get("root") == "external":
         data = dataclasses.replace(data, max_per_class=None)
     return dataclasses.replace(spec, data=data)

@@ -226,7 +226,7 @@ def run_external_matrix(pairs: list[tuple[str, str]], specs: list[JobSpec], db: 
     with reader(db) as con:
         done, stored = queries.done_run_ids(con), queries.external_done(con)
         checkpoints = dict(con.execute("SELECT run_id, checkpoint_path FROM runs WHERE status = 'done'").fetchall())
-    statuses = []
+    statuses, own = [], {s.data.name: s.data for s in specs}
     for spec in specs:
         if spec.run_id not in done or spec.data.lungs_only:
             continue
@@ -234,7 +234,7 @@ def run_external_matrix(pairs: list[tuple[str, str]], specs: list[JobSpec], db: 
         for train_name, test_name in pairs:
             if train_name != spec.data.name:
                 continue
-            target = load_job_dataset(external_spec(spec, test_name), loaded)
+            target = load_job_dataset(external_spec(spec, test_name, own.get(test_name)), loaded)
             status = {"run_id": spec.run_id, "model": spec.model, "data": spec.data.name, "external": target.name}
             if (spec.run_id, f"external:{target.name}") in stored and not force:
                 statuses.append({**status, "status": "skipped"})
