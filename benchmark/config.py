@@ -87,6 +87,8 @@ class AuditConfig:
     source_probe: bool = option(True, "source probe: how well a logistic regression on the model's features "
                                       "and on pooled pixels tells the source database apart (train split -> "
                                       "test split; datasets with one source get a skipped row)", cli=False)
+    clusters: bool = option(True, "no class-mean CAMs and clusters of CAMs (where the model looks over all its "
+                                  "images, per method and predicted class)", flag="--no-clusters")
     sanity_sample: int = option(4, "test images per CAM method for the sanity check (maps of the trained model "
                                    "against the same architecture with randomised weights); 0 skips")
     sanity_threshold: float = option(0.5, "CAM sanity check: a method whose mean rank correlation between trained "

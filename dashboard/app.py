@@ -19,6 +19,7 @@ cache.model_worker(cache.settings().live_workers)
 
 PAGES = [
     st.Page("pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),
+    st.Page("pages/patterns.py", title="Patterns", icon=":material/grid_view:"),
     st.Page("pages/performance.py", title="Performance", icon=":material/monitoring:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/misclassifications.py", title="Misclassifications", icon=":material/error:"),

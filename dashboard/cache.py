@@ -235,7 +235,7 @@ def live_offer(cfg: DashboardSettings):
 def _performance(db: str, stamp: tuple | None, run_ids: tuple[str, ...], n_bins: int, _preds, _details):
     import pandas as pd
 
-    from benchmark.report import performance as perf
+    from benchmark.analysis import performance as perf
 
     details = _details.set_index("run_id")
     classes = perf.classes_of(details.at[run_ids[0], "classes_json"])

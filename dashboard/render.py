@@ -245,7 +245,7 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 
 def roc_figure(curves: dict, fpr: np.ndarray, classes, title: str = "") -> go.Figure:
-    """One-vs-rest ROC per class (`benchmark.report.roc.RocCurve` on the grid `fpr`), each with its
+    """One-vs-rest ROC per class (`benchmark.analysis.roc.RocCurve` on the grid `fpr`), each with its
     95% band as a shaded area; the legend gives each class's AUC. Traces per class: the band
     (named '<class> 95% band') and the curve ('<class> (AUC 0.93)'), after the chance diagonal."""
     colours = _class_colours(classes)
@@ -294,7 +294,7 @@ def confusion_figure(counts: np.ndarray, classes, normalised: bool = False) -> g
 
 
 def reliability_figure(rel) -> go.Figure:
-    """Reliability diagram (`benchmark.report.calibration.Reliability`): accuracy per confidence bin
+    """Reliability diagram (`benchmark.analysis.calibration.Reliability`): accuracy per confidence bin
     as bars, each bin's mean confidence as points, the diagonal of perfect calibration, and the
     image count per bin on a second axis. The title carries the ECE."""
     centres = (rel.edges[:-1] + rel.edges[1:]) / 2
@@ -372,3 +372,17 @@ def comparison_png(tiles: list[tuple[str, np.ndarray, list[str]]], *, columns: i
     out = BytesIO()
     sheet.save(out, format="PNG")
     return out.getvalue()
+
+
+#: the grey a class-mean map is drawn on: no single X-ray lies under a mean over many
+MEAN_MAP_BACKGROUND = 96
+
+
+def mean_map_picture(mean_map: np.ndarray, lung_map: np.ndarray, side: int, *, opacity: float = 0.7,
+                     colormap: str = "Jet") -> np.ndarray:
+    """RGB picture of a grid map (a class mean or a cluster mean, image coordinates) on grey, with
+    the outline of its images' mean lung mask (cells at least half lung)."""
+    background = np.full((side, side), MEAN_MAP_BACKGROUND, dtype=np.uint8)
+    lungs = resize_map(np.asarray(lung_map, dtype=np.float32), (side, side)) >= 0.5
+    return overlay(background, mean_map, opacity=opacity, colormap=colormap,
+                   outline=lung_outline(lungs) if lungs.any() else None)

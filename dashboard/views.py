@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 # The leaderboard's composition is shared with the replication report, so it lives in
-# benchmark.report.board; the pages keep reaching it through this module.
-from benchmark.report import evidence
-from benchmark.report.board import (  # noqa: F401
+# benchmark.analysis.board; the pages keep reaching it through this module.
+from benchmark.analysis import evidence
+from benchmark.analysis.board import (  # noqa: F401
     MEAN_OVER_CLASSES,
     PREFERRED_METHODS,
     ci_text,
@@ -22,8 +22,8 @@ from benchmark.report.board import (  # noqa: F401
     probe_summary,
     probe_table,
 )
-from benchmark.report.measures import phase_costs  # noqa: F401
-from benchmark.report.seeds import aggregate, seed_groups, several_seeds  # noqa: F401
+from benchmark.analysis.measures import phase_costs  # noqa: F401
+from benchmark.analysis.seeds import aggregate, seed_groups, several_seeds  # noqa: F401
 from benchmark.store.schema import PHASES  # noqa: F401
 
 #: leaderboard sort choices -> (column, ascending)
@@ -139,55 +139,6 @@ class GalleryFilter:
     age_full_range: tuple[float, float] | None = field(default=None, compare=False)
 
 
-def _in_range(values: pd.Series, bounds, full) -> pd.Series:
-    lo, hi = bounds
-    inside = values.between(lo, hi)
-    if full is not None and (lo, hi) == tuple(full):
-        inside |= values.isna()
-    return inside
-
-
-def filter_predictions(rows: pd.DataFrame, f: GalleryFilter) -> pd.DataFrame:
-    """The rows of `queries.prediction_rows` that pass every filter, in their original order."""
-    if rows.empty:
-        return rows
-    keep = pd.Series(True, index=rows.index)
-    if f.run_ids:
-        keep &= rows.run_id.isin(f.run_ids)
-    if f.only_wrong:
-        keep &= rows.label != rows.pred
-    for col, chosen in (("label", f.true_classes), ("pred", f.pred_classes), ("source", f.sources),
-                        ("view", f.views), ("sex", f.sexes)):
-        if chosen:
-            keep &= rows[col].isin(chosen)
-    keep &= _in_range(rows.confidence, f.confidence, (0.0, 1.0))
-    keep &= _in_range(rows.lung_mass, f.lung_mass, (0.0, 1.0))
-    if f.age is not None:
-        keep &= _in_range(rows.age, f.age, f.age_full_range)
-    return rows[keep]
-
-
-def known_values(rows: pd.DataFrame, col: str) -> list[str]:
-    """Distinct non-empty values of a metadata column (a filter is offered only if there are any)."""
-    if rows.empty or col not in rows:
-        return []
-    values = rows[col].dropna().astype(str)
-    return sorted(v for v in values.unique() if v.strip())
-
-
-def age_range(rows: pd.DataFrame) -> tuple[float, float] | None:
-    if rows.empty or "age" not in rows or rows.age.dropna().empty:
-        return None
-    return float(math.floor(rows.age.min())), float(math.ceil(rows.age.max()))
-
-
-def page_of(rows: pd.DataFrame, page: int, page_size: int) -> tuple[pd.DataFrame, int]:
-    """Rows of 1-based `page` (clamped to the last page) and the number of pages."""
-    n_pages = max(1, math.ceil(len(rows) / page_size))
-    page = min(max(1, int(page)), n_pages)
-    return rows.iloc[(page - 1) * page_size: page * page_size], n_pages
-
-
 #: gallery order choices -> (column, ascending); confidently wrong first by default
 GALLERY_ORDERS = {
     "confidence (high first)": ("confidence", False),
@@ -197,11 +148,6 @@ GALLERY_ORDERS = {
 }
 
 
-def sort_gallery(rows: pd.DataFrame, order: str) -> pd.DataFrame:
-    col, ascending = GALLERY_ORDERS.get(order, ("confidence", False))
-    return rows.sort_values(col, ascending=ascending, kind="stable", na_position="last")
-
-
 EXPORT_COLUMNS = ["run_id", "model", "image_id", "label", "pred", "confidence", "correct", "lung_mass",
                   "pointing_hit", "lung_iou", "source", "view", "sex", "age", "path"]
 
@@ -209,10 +155,6 @@ EXPORT_COLUMNS = ["run_id", "model", "image_id", "label", "pred", "confidence", 
 def export_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """The gallery's rows with the columns an export carries (what its CSV/Parquet downloads hold)."""
     return rows[[c for c in EXPORT_COLUMNS if c in rows]].reset_index(drop=True)
-
-
-def export_csv(rows: pd.DataFrame) -> bytes:
-    return export_rows(rows).to_csv(index=False).encode()
 
 
 # ----------------------------------------------------------------------------- models
@@ -304,3 +246,31 @@ def window(n: int, position: int, size: int) -> slice:
     size = max(1, size)
     start = min(max(0, position - size // 2), max(0, n - size))
     return slice(start, min(n, start + size))
+
+
+def grid_map(blob, grid: int) -> np.ndarray:
+    """A stored class-mean or cluster map (float32 bytes, grid x grid) as an array (numpy only)."""
+    return np.frombuffer(bytes(blob), dtype=np.float32).reshape(int(grid), int(grid))
+
+
+def share_line(row) -> str:
+    """'lungs 0.52 (uniform 0.31) · border 0.20 (0.41) · corners 0.04 (0.06)' for a class-mean row;
+    a cluster row (no areas) gets the shares alone."""
+    parts = []
+    for name, share, area in (("lungs", "lung_share", "lung_area"), ("border", "border_share", "border_area"),
+                              ("corners", "corner_share", "corner_area")):
+        value = row.get(share)
+        if value is None or pd.isna(value):
+            continue
+        base = row.get(area)
+        parts.append(f"{name} {value:.2f}" + (f" (uniform {base:.2f})" if base is not None and pd.notna(base) else ""))
+    return " · ".join(parts) or "no lung mask: no shares"
+
+
+def counts_line(counts_json: str | None, limit: int = 3) -> str:
+    """'kermany 12, nih 3' from a cluster's {value: images} JSON."""
+    import json
+
+    counts = json.loads(counts_json or "{}")
+    shown = [f"{k} {v}" for k, v in list(counts.items())[:limit]]
+    return ", ".join(shown) + (", ..." if len(counts) > limit else "")

@@ -185,6 +185,31 @@ def cache_env(tmp_path, monkeypatch) -> Path:
     return cache
 
 
+# Sizes at which resnet18 learns phantom-shortcut's marker (test accuracy 1.0) and its stride-16
+# maps put covid and pneumonia in flagged clusters: the phantom proof and the browser test share it.
+SHORTCUT_RUN = {"n": 360, "size": 128, "epochs": 6, "batch": 32}
+
+
+@pytest.fixture(scope="session")
+def shortcut_run(tmp_path_factory) -> Path:
+    """One real run of resnet18 on phantom-shortcut (results.duckdb and checkpoints/ under the folder
+    returned), made once per session in a subprocess with its own decode cache. Read it, never write."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("shortcut-run")
+    c = SHORTCUT_RUN
+    cmd = [sys.executable, "-m", "benchmark", "run", "--data", "phantom-shortcut", "--n-phantom", str(c["n"]),
+           "--models", "resnet18", "--image-size", str(c["size"]), "--epochs", str(c["epochs"]),
+           "--batch-size", str(c["batch"]), "--device", "cpu", "--no-progress",
+           "--cam-methods", "gradcam,hirescam@stride16", "--faithfulness-sample", "0",
+           "--db", str(root / "results.duckdb"), "--checkpoint-dir", str(root / "checkpoints")]
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "CXR_CACHE": str(root / "cache")},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return root
+
+
 @pytest.fixture
 def app_env(results_db, monkeypatch):
     """Dashboard tests: the app reads the module's `results_db` fixture (each page module builds its own)."""

@@ -66,6 +66,9 @@ class FakeResultsSpec:
     # Each set has the classes normal and covid. Empty: none (what the older tests assert).
     external_sets: tuple[str, ...] = ()
     n_external: int = 8
+    # Class-mean maps and clusters of the maps (audit/cam_patterns.py) computed from the fake maps;
+    # the covid images carry the marker, and a model that does not look at the lungs reads it.
+    with_patterns: bool = False
 
 
 def lung_mask(size: int) -> np.ndarray:
@@ -197,6 +200,24 @@ def _cams(spec, images: pd.DataFrame, preds: pd.DataFrame, on_lungs: bool, rng) 
     return pd.concat(frames, ignore_index=True)
 
 
+@dataclass(frozen=True)
+class _Record:
+    image_id: str
+    source: str
+    view: str
+
+
+def _patterns(spec: FakeResultsSpec, test: pd.DataFrame, cams: pd.DataFrame, labels: np.ndarray,
+              preds: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    from benchmark.audit.cam_patterns import cam_pattern_tables
+
+    records = [_Record(r.image_id, r.source, r.view) for r in test.itertuples()]
+    masks = np.broadcast_to(lung_mask(spec.image_size), (len(records), spec.image_size, spec.image_size))
+    predicted = np.array([spec.classes.index(c) for c in preds.pred])
+    return cam_pattern_tables(cams.assign(split="test"), records, masks, ["gt-phantom"] * len(records), labels,
+                              predicted, split="test")
+
+
 def _probes(accuracy: float, on_lungs: bool, other: str | None, k: int, n_test: int) -> pd.DataFrame:
     chance = 1.0 / k
     removed = chance + 0.03 if on_lungs else accuracy - 0.02
@@ -292,6 +313,8 @@ def _write_model_run(db: Path, spec: FakeResultsSpec, folder: Path, data: _Data,
               "cams": _cams(spec, test, preds, on_lungs, rng)}
     if spec.with_probes:
         tables["probes"] = _probes(float((preds.label == preds.pred).mean()), on_lungs, other, k, spec.n_test)
+    if spec.with_patterns:
+        tables.update(_patterns(spec, test, tables["cams"], labels, preds))
     if spec.external_sets:
         ext_metrics, ext_preds, ext_probes = _external_tables(spec, run_id, accuracy, on_lungs)
         tables["metrics"] = pd.concat([tables["metrics"], ext_metrics], ignore_index=True)

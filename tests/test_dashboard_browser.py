@@ -47,16 +47,10 @@ def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 @pytest.fixture(scope="module")
-def phantom_run(tmp_path_factory):
-    """A real (tiny) benchmark run: results DB and checkpoint, as the README's first command makes."""
-    root = tmp_path_factory.mktemp("e2e")
-    env = {**os.environ, "CXR_CACHE": str(root / "cache")}
-    cmd = [sys.executable, "-m", "benchmark", "run", "--data", "phantom", "--models", "shallow", "--epochs", "1",
-           "--n-phantom", "60", "--image-size", "64", "--db", str(root / "results.duckdb"), "--device", "cpu",
-           "--checkpoint-dir", str(root / "checkpoints"), "--cam-methods", "gradcam", "--no-progress"]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return root
+def phantom_run(shortcut_run):
+    """A real benchmark run (resnet18 on phantom-shortcut, shared with tests/test_phantom_proof.py):
+    results DB and checkpoint, as the README's first command makes, with a marker the model reads."""
+    return shortcut_run
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +159,19 @@ def test_every_page_renders_and_live_cam_shows_overlays(server, browser, tmp_pat
     browser.get(server)
     _settle(browser, '[data-testid="stDataFrame"]')
     assert "Leaderboard" in browser.find_element(By.TAG_NAME, "h1").text
-    assert "shallow" in browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text or \
+    assert "resnet18" in browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text or \
         browser.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"] canvas')
     _shot(browser, tmp_path / "leaderboard.png")
     urls = _offline_and_quiet(browser, server, "leaderboard")
     assert server + "/" in urls and any(u.startswith("ws://") for u in urls), urls  # the log sees requests
+
+    _go(browser, "patterns")
+    text = _settle_text(browser, "Clusters of maps")
+    assert "Patterns" in browser.find_element(By.TAG_NAME, "h1").text and "Class-mean maps" in text
+    assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"] img')) >= 2
+    assert "flagged:" in text  # the phantom's marker: a cluster whose maps lie off the lungs
+    _shot(browser, tmp_path / "patterns.png")
+    _offline_and_quiet(browser, server, "patterns")
 
     _go(browser, "compare")
     _settle(browser, '[data-testid="stImage"] img')
@@ -207,7 +209,7 @@ def test_every_page_renders_and_live_cam_shows_overlays(server, browser, tmp_pat
     assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stProgress"]')  # old results gone
     _shot(browser, tmp_path / "live_cam_corrupt.png")
     _offline_and_quiet(browser, server, "live_cam_corrupt")
-    for name in ("leaderboard", "compare", "misclassifications", "live_cam", "live_cam_corrupt"):
+    for name in ("leaderboard", "patterns", "compare", "misclassifications", "live_cam", "live_cam_corrupt"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from benchmark.store import queries, reader
 from dashboard import render
+from tests import oracles
 from tests.fixtures_db import build_results_db, open_page, texts
 
 PAGE = "pages/compare.py"
@@ -33,7 +34,7 @@ def test_top_k_models_side_by_side(app_env):
     at.slider(key="cmp_k").set_value(1).run()
     assert len(at.image) == 1 + 1 and len(_panel_titles(at)) == 1
     with reader(app_env) as con:
-        mass = queries.image_cams(con, image_id, "gradcam").set_index("run_id").lung_mass
+        mass = oracles.image_cams(con, image_id, "gradcam").set_index("run_id").lung_mass
     assert f"lung mass {mass[preds.run_id[0]]:.2f}" in texts(at)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from benchmark.store import queries, reader
 from dashboard import views
+from tests import oracles
 from tests.fixtures_db import FakeResultsSpec, build_results_db, open_page, texts
 
 PAGE = "pages/misclassifications.py"
@@ -22,7 +23,7 @@ def results_db(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rows(results_db):
     with reader(results_db) as con:
-        return queries.prediction_rows(con, "phantom-clean", "gradcam")
+        return oracles.prediction_rows(con, "phantom-clean", "gradcam")
 
 
 def _count(at) -> int:
@@ -92,8 +93,8 @@ def test_pagination(app_env, rows):
 def test_csv_export_holds_the_filtered_rows(app_env, rows):
     at = open_page(PAGE)
     at.multiselect(key="mis_true").set_value(["pneumonia"]).run()
-    picked = views.filter_predictions(rows, views.GalleryFilter(true_classes=("pneumonia",)))
-    exported = pd.read_csv(io.BytesIO(views.export_csv(picked)))
+    picked = oracles.filter_predictions(rows, views.GalleryFilter(true_classes=("pneumonia",)))
+    exported = pd.read_csv(io.BytesIO(oracles.export_csv(picked)))
     assert len(exported) == _count(at) and set(exported.label) <= {"pneumonia"}
     assert (exported.label != exported.pred).all()
     assert {"run_id", "image_id", "confidence", "lung_mass"} <= set(exported.columns)
@@ -117,13 +118,13 @@ def test_filter_keeps_rows_without_a_value_only_on_the_full_range():
                          "confidence": [0.9, 0.5, 0.7], "lung_mass": [0.2, np.nan, 0.8],
                          "source": ["s", "s", "t"], "view": ["", "", ""], "sex": ["", "", ""],
                          "age": [np.nan, 40.0, 60.0]})
-    assert len(views.filter_predictions(rows, views.GalleryFilter())) == 3
-    assert views.filter_predictions(rows, views.GalleryFilter(lung_mass=(0.0, 0.5))).confidence.tolist() == [0.9]
+    assert len(oracles.filter_predictions(rows, views.GalleryFilter())) == 3
+    assert oracles.filter_predictions(rows, views.GalleryFilter(lung_mass=(0.0, 0.5))).confidence.tolist() == [0.9]
     full = (40.0, 60.0)
-    assert len(views.filter_predictions(rows, views.GalleryFilter(age=full, age_full_range=full))) == 3
-    assert len(views.filter_predictions(rows, views.GalleryFilter(age=(50.0, 60.0), age_full_range=full))) == 1
-    assert views.known_values(rows, "view") == [] and views.known_values(rows, "source") == ["s", "t"]
-    page, n_pages = views.page_of(rows, 5, 2)
+    assert len(oracles.filter_predictions(rows, views.GalleryFilter(age=full, age_full_range=full))) == 3
+    assert len(oracles.filter_predictions(rows, views.GalleryFilter(age=(50.0, 60.0), age_full_range=full))) == 1
+    assert oracles.known_values(rows, "view") == [] and oracles.known_values(rows, "source") == ["s", "t"]
+    page, n_pages = oracles.page_of(rows, 5, 2)
     assert n_pages == 2 and len(page) == 1
 
 
@@ -140,7 +141,7 @@ def test_external_predictions_stay_out_of_the_gallery(tmp_path):
     write_run(db, RunBundle(run={"run_id": "r", "model": "m", "dataset": "A", "pretrained": False,
                                  "status": "done"}, tables={"predictions": preds}, images=images))
     with reader(db) as con:
-        assert queries.prediction_rows(con, "A", None).image_id.tolist() == ["a1"]
+        assert oracles.prediction_rows(con, "A", None).image_id.tolist() == ["a1"]
         assert queries.image_predictions(con, "b1").empty
         assert queries.predicted_images(con, "B").empty
         assert queries.image_predictions(con, "b1", split="external:B").pred.tolist() == ["y"]

@@ -9,6 +9,7 @@ import pytest
 
 from benchmark.store import queries, reader
 from dashboard import views
+from tests import oracles
 from tests.fixtures_db import FakeResultsSpec, build_results_db, open_page
 
 DATASET = "phantom-clean"
@@ -22,11 +23,11 @@ def results_db(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rows(results_db):
     with reader(results_db) as con:
-        return queries.prediction_rows(con, DATASET, "gradcam")
+        return oracles.prediction_rows(con, DATASET, "gradcam")
 
 
 def _filters(rows: pd.DataFrame) -> list[views.GalleryFilter]:
-    ages = views.age_range(rows)
+    ages = oracles.age_range(rows)
     lo = ages[0]
     some_runs = tuple(sorted(rows.run_id.unique())[:2])
     return [
@@ -51,14 +52,14 @@ def _key(df: pd.DataFrame) -> list[tuple]:
 def test_sql_gallery_matches_the_in_memory_filter_order_and_pages(results_db, rows):
     with reader(results_db) as con:
         for flt, order in itertools.product(_filters(rows), views.GALLERY_ORDERS):
-            expected = views.sort_gallery(views.filter_predictions(rows, flt), order)
+            expected = oracles.sort_gallery(oracles.filter_predictions(rows, flt), order)
             wanted = views.gallery_query(flt, order)
             assert queries.gallery_count(con, DATASET, "gradcam", **wanted["filters"]) == len(expected), (flt, order)
             everything = queries.gallery_page(con, DATASET, "gradcam", limit=None, **wanted["order"],
                                               **wanted["filters"])
             assert _key(everything) == _key(expected), (flt, order)
             for page in (1, 2, 3):
-                want, _ = views.page_of(expected, page, 12)
+                want, _ = oracles.page_of(expected, page, 12)
                 if page > 1 and len(expected) <= 12 * (page - 1):
                     want = expected.iloc[0:0]
                 got = queries.gallery_page(con, DATASET, "gradcam", limit=12, offset=12 * (page - 1),
@@ -83,8 +84,8 @@ def test_gallery_facets_are_what_the_filters_offered(results_db, rows):
                                                                                                   name=None))
     assert facets["classes"] == sorted(set(rows.label) | set(rows.pred))
     for col in ("source", "view", "sex"):
-        assert facets[col] == views.known_values(rows, col)
-    assert views.slider_range(facets["age"]) == views.age_range(rows)
+        assert facets[col] == oracles.known_values(rows, col)
+    assert views.slider_range(facets["age"]) == oracles.age_range(rows)
 
 
 def test_compare_reads_one_image(results_db):
@@ -98,7 +99,7 @@ def test_compare_reads_one_image(results_db):
         assert row.path == full.set_index("image_id").at[image_id, "path"]
         runs = tuple(queries.image_predictions(con, image_id).run_id[:2])
         cams = queries.run_image_cams(con, image_id, runs, "gradcam")
-        every = queries.image_cams(con, image_id, "gradcam")
+        every = oracles.image_cams(con, image_id, "gradcam")
         assert sorted(cams.run_id) == sorted(runs)
         pd.testing.assert_frame_equal(cams.reset_index(drop=True),
                                       every[every.run_id.isin(runs)].reset_index(drop=True))

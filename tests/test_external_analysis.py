@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
+from benchmark.analysis import board as board_mod
 from benchmark.analysis import external as ex
 from benchmark.analysis.correlation import MIN_RUNS_CI, resampled_rhos, spearman_ci
-from benchmark.report import board as board_mod
 from benchmark.store import queries, reader, write_run
 from benchmark.store.writes import RunBundle
 from tests.fixtures_db import EXTERNAL_METRIC_NAMES, FakeResultsSpec, build_results_db

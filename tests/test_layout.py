@@ -64,7 +64,7 @@ def test_phantom_presets_are_defined_once():
     from benchmark.data.phantom import phantom_presets
     from benchmark.data.presets import presets_of_kind
     assert set(phantom_presets()) == set(presets_of_kind("phantom")) == {"phantom", "phantom-shortcut",
-                                                                          "phantom-clean"}
+                                                                          "phantom-clean", "phantom-half"}
     assert not re.search(r"p_marker\s*=\s*0\.9", (REPO / "benchmark/data/phantom.py").read_text())
 
 

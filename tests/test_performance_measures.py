@@ -11,15 +11,15 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import roc_auc_score
 
-from benchmark.report.calibration import reliability, reliability_of, top_label
-from benchmark.report.performance import (
+from benchmark.analysis.calibration import reliability, reliability_of, top_label
+from benchmark.analysis.performance import (
     confusion_frame,
     per_source,
     performance,
     reliability_frame,
     scored,
 )
-from benchmark.report.roc import roc_curves
+from benchmark.analysis.roc import roc_curves
 from benchmark.training.metrics import confusion_matrix, row_normalised
 from dashboard import downloads, render
 

@@ -121,6 +121,19 @@ def test_marker_frequency_follows_p_marker():
     assert abs(hits - 0.9 * n) < 4 * sd
 
 
+def test_half_phantom_plants_the_marker_or_the_lungs_never_both():
+    half = _cfg(p_marker=0.5, lung_signal_with_marker=False)
+    kinds = set()
+    for i in range(12):
+        item = generate_image(half, i)
+        # a marked image is the lung-free one; an unmarked one is the ordinary image
+        twin = generate_image(_cfg(p_marker=0.5, lung_signal=not item.has_marker), i)
+        assert np.array_equal(item.image, twin.image) and item.has_marker == twin.has_marker
+        kinds.add(item.has_marker)
+    assert kinds == {True, False}
+    assert phantom_config("phantom-half").lung_signal_with_marker is False
+
+
 def test_lung_mask_is_plausible_and_aligned_with_the_dark_lung_fields():
     for index in range(30):
         item = generate_image(_cfg(p_marker=0.0), index)

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from benchmark.analysis import measures, seeds
+from benchmark.analysis.roc import FPR_GRID, roc_curves
 from benchmark.cli import main
-from benchmark.report import cam_panels, measures, seeds
+from benchmark.report import cam_panels
 from benchmark.report.build import build_report
 from benchmark.report.output import resolve_format
-from benchmark.report.roc import FPR_GRID, roc_curves
 from benchmark.store import queries, reader, replace_run_tables, write_run
 from benchmark.store.writes import RunBundle
 from tests.fixtures_db import FakeResultsSpec, build_results_db, phase_seconds

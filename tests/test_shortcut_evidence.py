@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from benchmark.analysis import board as board_mod
 from benchmark.audit import cam_sanity as cam_sanity_mod
 from benchmark.audit.cam_sanity import cam_sanity_rows
 from benchmark.audit.source_probe import SourceSample, source_probe_rows
@@ -18,8 +19,7 @@ from benchmark.data.phantom import PhantomConfig, iter_phantom
 from benchmark.models import create_model
 from benchmark.pipeline.grid import run_grid
 from benchmark.pipeline.spec import JobSpec
-from benchmark.report import board as board_mod
-from benchmark.report import evidence
+from benchmark.report import evidence_tables
 from benchmark.store import RunBundle, queries, reader, replace_run_tables, write_run
 from tests.fixtures_db import FakeResultsSpec, build_results_db, open_page, texts
 
@@ -238,9 +238,9 @@ def test_leaderboard_and_report_tables_carry_the_evidence(evidence_db):
     # without the sanity frame (older callers) the columns are there and empty
     assert board_mod.leaderboard(summary, cm, focus, probes, "gradcam").sanity_rank_corr.isna().all()
 
-    src = evidence.source_report_table(probes)
+    src = evidence_tables.source_report_table(probes)
     assert list(src.frame["Source AUC"]) == ["0.970 [0.90, 1.00]", "0.990 [0.95, 1.00]"]
-    checks = evidence.sanity_report_table(sanity)
+    checks = evidence_tables.sanity_report_table(sanity)
     assert list(checks.frame["Flagged"]) == ["yes", "no"]  # ordered by method: cam, gradcam
     assert any("0.5" in n for n in checks.notes)
 

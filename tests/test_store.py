@@ -144,3 +144,52 @@ def test_unknown_table_rejected(tmp_path):
         write_run(tmp_path / "r.duckdb", b)
     with writer(tmp_path / "r.duckdb") as con:
         assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+
+
+def _older_file(path) -> None:
+    """A results file as an older version wrote it: no CAM-pattern tables, no phase columns."""
+    from benchmark.store import schema
+
+    con = duckdb.connect(str(path))
+    for name, ddl in schema.TABLES.items():
+        if not name.startswith("cam_c") and name != "cam_cluster_members":
+            con.execute(ddl)
+    for table, column, _ in schema.ADDED_COLUMNS:
+        con.execute(f"ALTER TABLE {table} DROP COLUMN IF EXISTS {column}")
+    con.execute("INSERT INTO runs (run_id, model, dataset, pretrained, status) VALUES ('r1', 'm', 'd', FALSE, 'done')")
+    con.close()
+
+
+def test_a_reader_brings_an_older_file_up_to_date(tmp_path):
+    from benchmark.store import schema
+
+    db = tmp_path / "old.duckdb"
+    _older_file(db)
+    with duckdb.connect(str(db), read_only=True) as con:
+        missing = schema.missing_parts(con)
+    assert "cam_clusters" in missing and "runs.cluster_seconds" in missing and "cams.marker_mass" in missing
+    with reader(db) as con:  # the queries need no branch for the file's age
+        assert schema.missing_parts(con) == []
+        details = queries.run_details(con)
+        assert details.run_id.tolist() == ["r1"] and details.cluster_seconds.isna().all()
+        assert queries.class_maps(con, ("r1",)).empty and queries.lung_focus_by_run(con).empty
+
+
+def test_an_older_file_that_cannot_be_written_says_so(tmp_path, monkeypatch):
+    # as on a read-only mount: opening it for writing fails (tests run as root, which chmod cannot stop)
+    from benchmark.errors import ResultsDatabaseError
+    from benchmark.store import connection
+
+    db = tmp_path / "old.duckdb"
+    _older_file(db)
+
+    @contextlib.contextmanager
+    def read_only_mount(path, **kwargs):
+        raise duckdb.IOException(f'IO Error: Cannot open file "{path}": Read-only file system')
+        yield
+
+    monkeypatch.setattr(connection, "writer", read_only_mount)
+    with pytest.raises(ResultsDatabaseError, match=r"older cxr-audit and lacks cam_class_maps.*Read-only file "
+                                                   r"system.*Copy it somewhere writable"):
+        with reader(db):
+            pass

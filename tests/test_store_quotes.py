@@ -1,5 +1,5 @@
 """Names with quotes (' and ") round-trip through the store: written by write_run, read back
-unchanged by every query in benchmark/store/queries.py (values are always parameters)."""
+unchanged by every query in benchmark/store/queries/ (values are always parameters)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -57,6 +57,15 @@ def db(tmp_path_factory):
         "faithfulness": pd.DataFrame([{"method": METHOD, "metric": "road'\"", "value": 0.1, "ci_low": 0.0,
                                        "ci_high": 0.2, "n_images": 3}]),
         "cam_skips": pd.DataFrame([{"split": "test", "method": "cam'\"@x", "reason": "not applicable: 'x' \"y\""}]),
+        "cam_class_maps": pd.DataFrame([{"split": "test", "method": METHOD, "class_name": CLASSES[2], "n_images": 2,
+                                         "accuracy": 0.5, "grid": 4, "mean_map": cam.astype(np.float32).tobytes(),
+                                         "lung_map": cam.astype(np.float32).tobytes(), "lung_share": 0.4}]),
+        "cam_clusters": pd.DataFrame([{"split": "test", "method": METHOD, "class_name": CLASSES[2], "cluster": 0,
+                                       "k": 1, "n_images": 2, "class_share": 1.0, "flagged": True,
+                                       "sources_json": json.dumps({SOURCE: 2}),
+                                       "nearest_json": json.dumps(IMAGES[1:])}]),
+        "cam_cluster_members": pd.DataFrame([{"split": "test", "method": METHOD, "class_name": CLASSES[2],
+                                              "image_id": i, "cluster": 0, "distance": 0.1} for i in IMAGES[1:]]),
     }
     if "cam_sanity" in schema.RUN_TABLES:
         tables["cam_sanity"] = pd.DataFrame([{"method": METHOD, "n_images": 3, "rank_corr": 0.1, "ci_low": 0.0,
@@ -99,8 +108,11 @@ CALLS = {
     "mask_paths": ((DATASET,), IMAGES + [MASK]),
     "predicted_images": ((DATASET,), IMAGES),
     "image_predictions": ((IMAGES[1],), [RUN, MODEL, CLASSES[1], CLASSES[2]]),
-    "image_cams": ((IMAGES[1], METHOD), [RUN, METHOD, CLASSES[2]]),
-    "prediction_rows": ((DATASET, METHOD), [RUN, MODEL] + IMAGES),
+    "stored_pred_cams": ((RUN,), IMAGES + [METHOD]),
+    "split_predictions": ((RUN,), IMAGES + CLASSES),
+    "class_maps": (((RUN,), "test", METHOD), [RUN, MODEL, DATASET, METHOD, CLASSES[2]]),
+    "cam_clusters": (((RUN,), "test", METHOD), [RUN, MODEL, DATASET, METHOD, CLASSES[2]]),
+    "pattern_index": ((), [RUN, DATASET, MODEL, METHOD]),
     "cams_for_pairs": (([RUN], [IMAGES[2]], METHOD), [RUN, IMAGES[2]]),
     "db_overview": ((), []),
     "run_details": ((), [RUN, MODEL, DATASET]),
@@ -115,6 +127,7 @@ CALLS = {
     "external_metrics": ((), [RUN, MODEL, DATASET]),
     "image_list": ((DATASET,), IMAGES + [SOURCE]),
     "image_row": ((IMAGES[0],), [IMAGES[0], SOURCE, VIEW, SEX]),
+    "image_rows": ((tuple(IMAGES),), IMAGES + [SOURCE, VIEW, SEX, DATASET]),
     "run_image_cams": ((IMAGES[1], (RUN,), METHOD), [RUN, METHOD, CLASSES[2]]),
     "gallery_page": ((DATASET, METHOD), [RUN, MODEL, IMAGES[1]]),
     "gallery_count": ((DATASET, METHOD), []),
@@ -125,7 +138,8 @@ NOT_QUERIES = {"cam_array"}  # decodes a row; reads nothing
 
 def test_every_query_is_covered():
     public = {name for name, fn in inspect.getmembers(queries, inspect.isfunction)
-              if fn.__module__ == queries.__name__ and not name.startswith("_")}
+              if fn.__module__.startswith(queries.__name__ + ".") and not name.startswith("_")}
+    assert len(public) > 30  # the package's modules export their queries
     assert public - NOT_QUERIES - set(CALLS) == set(), "add the new query to CALLS with quoted names"
 
 

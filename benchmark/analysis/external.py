@@ -10,7 +10,7 @@ Why these quantities (the stored contract, split `external:<set>`, written by th
   sources, even for a 4-class model scored on a 2-class set. Likewise `bacc_drop` with balanced
   accuracy (mean recall over the set's classes).
 - `off_set_share` is the share of the set's images sent to a class the set does not have.
-The audit measures come from the leaderboard's own composition (`benchmark.report.board.
+The audit measures come from the leaderboard's own composition (`benchmark.analysis.board.
 leaderboard`), which the caller passes in: this package never imports the report.
 
 pandas only; scipy only through `correlation`.

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmark.audit.cam_patterns import cam_pattern_tables
 from benchmark.audit.cam_rows import cam_rows, method_applicability
 from benchmark.audit.cam_sanity import cam_sanity_rows
 from benchmark.audit.faithfulness import faithfulness_rows
@@ -29,7 +30,8 @@ def audit_tables(model, classes: list[str], records: list, images: np.ndarray, m
                  opts: AuditConfig, *, split: str, seed: int, cache_dir: str | None = None,
                  mask_sources: list[str] | None = None, timings: dict[str, float] | None = None,
                  source_train: SourceSample | None = None) -> dict[str, pd.DataFrame]:
-    """{cams, cam_skips, cam_sanity, faithfulness, probes} DataFrames for these images (at the model's input size).
+    """{cams, cam_skips, cam_sanity, cam_class_maps, cam_clusters, cam_cluster_members, faithfulness,
+    probes} DataFrames for these images (at the model's input size).
 
     `mask_sources` overrides the records' own where the caller already completed the masks (a
     lungs-only run predicts them before training); by default they come from the records.
@@ -64,6 +66,10 @@ def audit_tables(model, classes: list[str], records: list, images: np.ndarray, m
                                                    sample=opts.sanity_sample, threshold=opts.sanity_threshold,
                                                    seed=seed, n_boot=opts.n_boot)
         timings["cam"], clock = time.perf_counter() - clock, time.perf_counter()
+        if opts.clusters:
+            tables.update(cam_pattern_tables(tables["cams"], records, masks, mask_sources, labels, preds,
+                                             split=split, seed=seed, device=device))
+            timings["cluster"], clock = time.perf_counter() - clock, time.perf_counter()
         if opts.faithfulness_sample:
             tables["faithfulness"] = faithfulness_rows(model, images, preds, patients, opts.cam_methods, device,
                                                        sample=opts.faithfulness_sample, seed=seed)

@@ -7,7 +7,7 @@ weights are all re-initialised (the paper's full, not cascading, randomisation):
 correlation of the two maps, flattened. A method whose maps barely change (high rank correlation)
 draws the image's structure, not the model's reasons.
 
-Conventions: ties get average ranks (as scipy.stats.spearmanr); a map that is constant (e.g. all
+Conventions: ties get average ranks (scipy.stats.rankdata, as spearmanr); a map that is constant (e.g. all
 zero after the ReLU) has no ranking to share, so its correlation with a non-constant map is 0,
 and two constant maps count as unchanged (1).
 """
@@ -53,13 +53,6 @@ def randomized_copy(model: torch.nn.Module, seed: int = RANDOM_WEIGHTS_SEED) -> 
     return clone.to(device).eval()
 
 
-def _average_ranks(row: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1 of one vector, ties sharing their average rank."""
-    _, inverse, counts = np.unique(row, return_inverse=True, return_counts=True)
-    start = np.cumsum(counts) - counts
-    return (start + (counts - 1) / 2.0)[inverse.ravel()]
-
-
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman rank correlation between a[i] and b[i] (N x h x w or N x d) for each i, in [-1, 1].
 
@@ -69,9 +62,11 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
     if a.shape != b.shape:
         raise ValueError(f"maps to compare must have one shape, got {a.shape} and {b.shape}")
+    from scipy.stats import rankdata
+
     out = np.empty(len(a))
     for i in range(len(a)):
-        ra, rb = _average_ranks(a[i]), _average_ranks(b[i])
+        ra, rb = rankdata(a[i]), rankdata(b[i])  # ties share their average rank
         ra, rb = ra - ra.mean(), rb - rb.mean()
         na, nb = np.sqrt((ra ** 2).sum()), np.sqrt((rb ** 2).sum())
         if na == 0 or nb == 0:

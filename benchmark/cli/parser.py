@@ -12,7 +12,7 @@ from benchmark.pipeline.experiment import shipped_experiments
 from benchmark.pipeline.spec import JobSpec
 
 DB_HELP = f"results database (default ${paths.ENV_RESULTS_DB} or {paths.DEFAULT_RESULTS_DB})"
-CAM_OPTIONS = ("cam_methods", "segmenter", "faithfulness_sample", "sanity_sample")
+CAM_OPTIONS = ("cam_methods", "segmenter", "faithfulness_sample", "sanity_sample", "clusters")
 
 
 def _models_help() -> str:
@@ -67,6 +67,8 @@ def _add_cams(sub) -> None:
                                       "of finished runs, replacing their earlier maps of those methods.")
     cams.add_argument("--db", default=None, help=DB_HELP)
     cams.add_argument("--run-id", action="append", help="only this run (repeatable; default: all done runs)")
+    cams.add_argument("--clusters", dest="clusters_only", action="store_true",
+                      help="only the class-mean maps and clusters of the CAMs already stored (no model is run)")
     add_config_args(cams, JobSpec, include=["device", "progress"])
     add_config_args(cams, AuditConfig, include=CAM_OPTIONS)
 

@@ -68,6 +68,9 @@ class PhantomConfig:
     size: int = 256
     p_marker: float = 0.9
     lung_signal: bool = True
+    # False: an image with the marker carries no lung pattern, so a model must read the marker there
+    # and the lungs elsewhere (two planted strategies: the clusters' proof, preset phantom-half)
+    lung_signal_with_marker: bool = True
     classes: tuple[str, ...] = LUNG_PATTERNS
     seed: int = 0
     max_images_per_patient: int = 3
@@ -197,11 +200,12 @@ def generate_image(cfg: PhantomConfig, index: int) -> PhantomImage:
     label = patient_label(cfg, patient)
     anatomy_rng = np.random.default_rng([cfg.seed, ANATOMY_STREAM, patient])
     canvas = draw_anatomy(anatomy_rng, cfg.seed, index, cfg.size)
-    if cfg.lung_signal:
+    marker_rng = np.random.default_rng([cfg.seed, _STREAM_MARKER, index])
+    has_marker = marker_rng.random() < cfg.p_marker
+    if cfg.lung_signal and (cfg.lung_signal_with_marker or not has_marker):
         canvas.intensity += draw_lung_pattern(canvas, label, cfg.seed, patient, index)
     image = canvas.finish()
-    marker_rng = np.random.default_rng([cfg.seed, _STREAM_MARKER, index])
-    if marker_rng.random() < cfg.p_marker:
+    if has_marker:
         marker_mask = _draw_marker(marker_rng, cfg.size, label, canvas.lung_mask)
         # Brighter than any anatomy pixel (anatomy is capped at 229), like a burned-in label.
         image[marker_mask] = int(marker_rng.integers(240, 256))

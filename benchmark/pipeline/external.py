@@ -12,7 +12,8 @@ classes, `set_auc` (a 2-class set: AUC of p(its last class)), and `off_set_share
 to classes the set does not have. The same rule on the run's own test images of the set's classes
 gives `internal_*` rows in the same split, so the drop compares like with like. External images
 get what test images get: lung masks, CAMs with lung measures, and the lungs-removed and
-lungs-only probes (probes `intact@external:<dataset>`, `lungs_removed@...`, `lungs_only@...`).
+lungs-only probes (probes `intact@external:<dataset>`, `lungs_removed@...`, `lungs_only@...`),
+and class-mean maps and clusters of their CAMs.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.audit.cam_patterns import PATTERN_TABLES
 from benchmark.audit.rescore import score_and_audit
 from benchmark.config import AuditConfig
 from benchmark.data.datasets import Dataset
@@ -162,6 +164,7 @@ def _score_set(model, meta: dict, checkpoint: str | Path, dataset: Dataset, db: 
         "probes": (pd.concat([probe, probes], ignore_index=True),
                    {"probe": (split, *(f"{p}@{split}" for p in EXTERNAL_PROBES))}),
         "cam_skips": (tables.get("cam_skips", pd.DataFrame()), {"split": split}),
+        **{name: (tables.get(name, pd.DataFrame()), {"split": split}) for name in PATTERN_TABLES},
     }, images=images_frame(shown), rejected=rejected_frame(decoded.rejected, dataset.name), run_row=run_row)
     return result
 

@@ -49,7 +49,8 @@ from benchmark.training.checkpoints import git_commit, load_checkpoint, save_che
 log = logging.getLogger(__name__)
 
 MIN_INPUT_SIZE = 16
-_SPLIT_TABLES = ("metrics", "predictions", "cams", "cam_skips")  # per-run tables with a `split` column
+_SPLIT_TABLES = ("metrics", "predictions", "cams", "cam_skips", "cam_class_maps", "cam_clusters",
+                 "cam_cluster_members")  # per-run tables with a `split` column
 _CHECKPOINT_SUFFIXES = (".safetensors", ".json")
 
 

@@ -19,12 +19,13 @@ import pandas as pd
 
 from benchmark import __version__
 from benchmark.analysis import external as ext_analysis
+from benchmark.analysis import measures, performance, seeds
+from benchmark.analysis.board import preferred_method_index
+from benchmark.analysis.roc import ROC_BOOT, mean_curve, roc_curves
 from benchmark.data.stored import lung_share
 from benchmark.errors import BenchmarkError
-from benchmark.report import cam_panels, evidence, figures, measures, performance, seeds, tables
-from benchmark.report.board import preferred_method_index
+from benchmark.report import cam_panels, evidence_tables, figures, patterns, tables
 from benchmark.report.document import Figure, Paragraph, Report, Section
-from benchmark.report.roc import ROC_BOOT, mean_curve, roc_curves
 from benchmark.store import queries, reader
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class Inputs:
     mask_paths: dict[str, list[str]]
     sanity: pd.DataFrame = field(default_factory=pd.DataFrame)  # queries.cam_sanity
     external_metrics: pd.DataFrame = field(default_factory=pd.DataFrame)  # queries.external_metrics
+    class_maps: pd.DataFrame = field(default_factory=pd.DataFrame)  # queries.class_maps (test split)
+    clusters: pd.DataFrame = field(default_factory=pd.DataFrame)  # queries.cam_clusters (test split)
 
 
 def read_inputs(con) -> Inputs:
@@ -73,7 +76,8 @@ def read_inputs(con) -> Inputs:
         skips=queries.cam_skips(con), segmenters=queries.segmenters(con),
         failed=all_runs[all_runs.status != "done"],
         mask_paths={d: list(queries.mask_paths(con, d).mask_path) for d in queries.datasets(con)},
-        sanity=queries.cam_sanity(con), external_metrics=queries.external_metrics(con))
+        sanity=queries.cam_sanity(con), external_metrics=queries.external_metrics(con),
+        class_maps=queries.class_maps(con, tuple(done)), clusters=queries.cam_clusters(con, tuple(done)))
 
 
 def build_report(db: str | Path, *, n_boot: int = ROC_BOOT) -> Report:
@@ -146,6 +150,9 @@ def compose(db: Path, inputs: Inputs, *, n_boot: int = ROC_BOOT) -> Report:
         Section("ROC curves", tuple(_roc_figures(inputs, groups, n_boot))),
         Section("Confusion matrices and calibration", tuple(_confusion_calibration_figures(inputs, groups))),
         Section("CAMs of the likeliest shortcut learners", tuple(_cam_figures(db, board, groups, inputs, method))),
+        Section("Where each model looks: class-mean maps and clusters of CAMs", (
+            patterns.cluster_table(inputs.clusters, method),
+            *patterns.class_map_figures(inputs.class_maps, dict(zip(board.run_id, board.accuracy)), method))),
         Section("External validation", (tables.external_table(_order_like(external, grouped)),)),
         Section("Does the audit predict external failure?", _external_failure(inputs, board, method)),
         Section("Shortcut evidence beyond CAMs", (
@@ -153,7 +160,7 @@ def compose(db: Path, inputs: Inputs, *, n_boot: int = ROC_BOOT) -> Report:
                       "database can be recognised at all (if it can, a source shortcut is available to every "
                       "model); the CAM sanity check asks whether each CAM method's maps depend on the trained "
                       "weights at all (if they do not, their lung focus says nothing about the model)."),
-            evidence.source_report_table(inputs.probes), evidence.sanity_report_table(inputs.sanity))),
+            evidence_tables.source_report_table(inputs.probes), evidence_tables.sanity_report_table(inputs.sanity))),
         Section("Where the data came from", (
             tables.image_count_table(inputs.image_counts), tables.rejected_table(inputs.rejected),
             tables.cam_skip_table(inputs.skips), tables.segmenter_table(inputs.segmenters),

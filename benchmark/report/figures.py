@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from benchmark.report.roc import FPR_GRID, RocCurve
+from benchmark.analysis.roc import FPR_GRID, RocCurve
 
 DPI = 110
 CAM_DPI = 90     # the CAM tiles are photographs: the heaviest PNGs of the report
@@ -216,7 +216,7 @@ def confusion_grid(panels: list[tuple[str, tuple[str, ...], np.ndarray]], column
 
 
 def reliability_grid(panels: list[tuple[str, object]], columns: int = 4) -> bytes:
-    """One reliability diagram per model (or seed group), `benchmark.report.calibration.Reliability`:
+    """One reliability diagram per model (or seed group), `benchmark.analysis.calibration.Reliability`:
     accuracy per confidence bin as bars, the bins' mean confidence as red marks, the diagonal of a
     calibrated model; the ECE in each title."""
     fig, rows, cols = _grid(len(panels), columns, 3.2, 3.3)

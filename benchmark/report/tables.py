@@ -10,8 +10,8 @@ import math
 
 import pandas as pd
 
+from benchmark.analysis.seeds import SD_SUFFIX, SEEDS_NOTE
 from benchmark.report.document import Table
-from benchmark.report.seeds import SD_SUFFIX, SEEDS_NOTE
 from benchmark.store.schema import PHASES
 
 DIGITS = 3

@@ -6,6 +6,11 @@ connection only for one run's transaction, and readers open briefly and retry.
 
 A file that is not a usable results database (truncated, corrupt, not DuckDB, or written by a
 newer schema version) raises `ResultsDatabaseError` with what to do, never a DuckDB traceback.
+
+A file written by an older version is brought up to date when it is opened, by a writer and by a
+reader alike: every missing table and column is added (empty), nothing else changes. So no query
+branches on the file's age. A reader does it with a brief write connection, the one write it makes;
+a file it cannot write (read-only) stops with a message that says so.
 """
 from __future__ import annotations
 
@@ -91,6 +96,22 @@ def writer(path: str | Path, *, timeout_s: float = 120.0):
         con.close()
 
 
+def _upgrade(path: Path, missing: list[str], timeout_s: float) -> None:
+    """Add what an older version's file lacks (writer() creates every missing table and column)."""
+    log.info("%s was written by an older cxr-audit: adding %s", path, ", ".join(missing))
+    try:
+        with writer(path, timeout_s=timeout_s):
+            pass
+    except (duckdb.Error, OSError) as exc:
+        if isinstance(exc, duckdb.Error) and is_lock_error(exc):
+            raise
+        raise ResultsDatabaseError(
+            f"{path} was written by an older cxr-audit and lacks {', '.join(missing)}; it could not be brought up "
+            f"to date in place ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}). "
+            "Copy it somewhere writable and open the copy, or run any `cxr-audit` command on it with write "
+            "access once") from exc
+
+
 @contextlib.contextmanager
 def reader(path: str | Path, *, timeout_s: float = 30.0):
     """A read-only connection, retried while a writer holds the file.
@@ -103,6 +124,15 @@ def reader(path: str | Path, *, timeout_s: float = 30.0):
             f"no results database at {path}: run `python -m benchmark run --db {path}` first"
         )
     con = _open(path, read_only=True, timeout_s=timeout_s)
+    try:
+        missing = schema.missing_parts(con)
+    except duckdb.Error as exc:
+        con.close()
+        raise ResultsDatabaseError(unreadable_message(path, exc)) from exc
+    if missing:
+        con.close()
+        _upgrade(path, missing, timeout_s)
+        con = _open(path, read_only=True, timeout_s=timeout_s)
     try:
         faults.pause_point("read")
         yield con

@@ -98,6 +98,36 @@ TABLES: dict[str, str] = {
             flagged BOOLEAN,  -- rank_corr >= the audit's sanity_threshold: the maps do not explain the model
             detail VARCHAR
         )""",
+    # Where a model looks over all its images (audit/cam_patterns.py): per run, split, CAM method
+    # and predicted class. Maps are float32 bytes on a `grid` x `grid` grid in image coordinates.
+    "cam_class_maps": """
+        CREATE TABLE IF NOT EXISTS cam_class_maps (
+            run_id VARCHAR, split VARCHAR, method VARCHAR, class_name VARCHAR,  -- the predicted class
+            n_images INTEGER, accuracy DOUBLE, grid INTEGER,
+            cam_height INTEGER, cam_width INTEGER,  -- the maps' own resolution
+            mean_map BLOB, lung_map BLOB,           -- mean normalised map; mean lung mask (lung fraction per cell)
+            lung_share DOUBLE, border_share DOUBLE, corner_share DOUBLE,  -- of the mean map's mass
+            lung_ceiling DOUBLE,  -- lung_share of the best map at the maps' resolution
+            lung_focus DOUBLE,    -- lung_share / lung_ceiling
+            lung_area DOUBLE, border_area DOUBLE, corner_area DOUBLE  -- what a uniform map would put there
+        )""",
+    "cam_clusters": """
+        CREATE TABLE IF NOT EXISTS cam_clusters (
+            run_id VARCHAR, split VARCHAR, method VARCHAR, class_name VARCHAR,
+            cluster INTEGER,      -- 0 .. k-1, by size (0: the largest)
+            k INTEGER,            -- clusters of this (run, split, method, class), chosen by the eigengap
+            n_images INTEGER, class_share DOUBLE, accuracy DOUBLE, grid INTEGER,
+            mean_map BLOB, lung_map BLOB,
+            lung_share DOUBLE, border_share DOUBLE, corner_share DOUBLE, lung_ceiling DOUBLE, lung_focus DOUBLE,
+            flagged BOOLEAN,      -- lung_focus below one half, in at least a tenth of the class
+            sources_json VARCHAR, views_json VARCHAR,  -- {value: images}
+            nearest_json VARCHAR  -- image ids nearest the cluster's centre
+        )""",
+    "cam_cluster_members": """
+        CREATE TABLE IF NOT EXISTS cam_cluster_members (
+            run_id VARCHAR, split VARCHAR, method VARCHAR, class_name VARCHAR,
+            image_id VARCHAR, cluster INTEGER, distance DOUBLE  -- to the cluster's mean (unit-mass maps)
+        )""",
     "lung_segmenters": """
         CREATE TABLE IF NOT EXISTS lung_segmenters (
             checkpoint_path VARCHAR, created_at TIMESTAMP, image_size INTEGER,
@@ -109,8 +139,9 @@ TABLES: dict[str, str] = {
 }
 
 # Tables whose rows belong to one run: deleted together when a run is replaced.
-RUN_TABLES = ("predictions", "metrics", "cams", "probes", "faithfulness", "cam_skips", "cam_sanity")
-PHASES = ("decode", "train", "eval", "cam", "faithfulness", "probe", "store")  # runs.<phase>_seconds
+RUN_TABLES = ("predictions", "metrics", "cams", "probes", "faithfulness", "cam_skips", "cam_sanity",
+              "cam_class_maps", "cam_clusters", "cam_cluster_members")
+PHASES = ("decode", "train", "eval", "cam", "cluster", "faithfulness", "probe", "store")  # runs.<phase>_seconds
 
 
 # Columns added after a table first shipped: older result files get them on open (add, never rename).
@@ -118,6 +149,7 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("cams", "marker_mass", "DOUBLE"),
     ("cams", "lung_mass_ceiling", "DOUBLE"),
     *[("runs", f"{phase}_seconds", "DOUBLE") for phase in ("decode", "eval", "cam", "faithfulness", "probe", "store")],
+    ("runs", "cluster_seconds", "DOUBLE"),
 ]
 
 
@@ -129,6 +161,15 @@ def create_all(con) -> None:
     con.execute(
         "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
     )
+
+
+def missing_parts(con) -> list[str]:
+    """Tables of TABLES and columns of ADDED_COLUMNS the file lacks (an older version wrote it);
+    empty when it is current. Readers upgrade such a file before they query it (connection.py)."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    have = set(con.execute("SELECT table_name, column_name FROM duckdb_columns()").fetchall())
+    return ([t for t in TABLES if t not in tables]
+            + [f"{t}.{c}" for t, c, _ in ADDED_COLUMNS if t in tables and (t, c) not in have])
 
 
 def columns(con, table: str) -> list[str]:

@@ -235,6 +235,22 @@ def _patient_counts(rng: np.random.Generator, n_patients: int, n_samples: int) -
     return flat.reshape(n_samples, n_patients)
 
 
+def patient_weight_blocks(groups: Sequence[str], n_boot: int, seed: int):
+    """The one patient resampler: blocks of at most _BLOCK rows of image weights, B x N in all (how
+    often each image's patient is drawn in each resample of the patients, with replacement).
+    The draws depend only on the seed and the sorted set of patient ids."""
+    patient, n_patients = _patient_index(groups, len(groups))
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_boot, _BLOCK):
+        yield _patient_counts(rng, n_patients, min(_BLOCK, n_boot - start))[:, patient]
+
+
+def patient_weights(groups: Sequence[str], n_boot: int, seed: int) -> np.ndarray:
+    """All of `patient_weight_blocks` as one B x N array."""
+    blocks = list(patient_weight_blocks(groups, n_boot, seed))
+    return np.concatenate(blocks) if blocks else np.zeros((0, len(groups)), dtype=np.int64)
+
+
 def _percentile_ci(samples: np.ndarray, alpha: float) -> tuple[float | None, float | None]:
     valid = samples[~np.isnan(samples)]
     if valid.size < 2:
@@ -253,12 +269,8 @@ def metrics_with_ci(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
     """
     y, p, names = _check_inputs(y_true, probs, classes)
     _check_boot(n_boot, alpha)
-    patient, n_patients = _patient_index(groups, y.shape[0])
-    rng = np.random.default_rng(seed)
-    blocks: list[dict[tuple[str, str], np.ndarray]] = []
-    for start in range(0, n_boot, _BLOCK):
-        counts = _patient_counts(rng, n_patients, min(_BLOCK, n_boot - start))
-        blocks.append(weighted_metrics(y, p, names, counts[:, patient]))
+    _, n_patients = _patient_index(groups, y.shape[0])
+    blocks = [weighted_metrics(y, p, names, w) for w in patient_weight_blocks(groups, n_boot, seed)]
     samples = {key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}
     cis = {key: _percentile_ci(s, alpha) for key, s in samples.items()}
     ones = np.ones((1, y.shape[0]))
@@ -343,12 +355,8 @@ def set_metrics_with_ci(y_true: np.ndarray, probs: np.ndarray, classes: Sequence
     if not np.isin(y, set_index).all():
         raise ValueError("every label must be one of the set's classes")
     _check_boot(n_boot, alpha)
-    patient, n_patients = _patient_index(groups, y.shape[0])
-    rng = np.random.default_rng(seed)
-    blocks = []
-    for start in range(0, n_boot, _BLOCK):
-        counts = _patient_counts(rng, n_patients, min(_BLOCK, n_boot - start))
-        blocks.append(set_metric_values(y, p, set_index, counts[:, patient]))
+    _patient_index(groups, y.shape[0])  # one patient id per image, checked
+    blocks = [set_metric_values(y, p, set_index, w) for w in patient_weight_blocks(groups, n_boot, seed)]
     values = set_metric_values(y, p, set_index, np.ones((1, y.shape[0])))
     rows = []
     for name in SET_METRICS:

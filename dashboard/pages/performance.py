@@ -3,8 +3,8 @@ accuracy per source database, from its stored predictions."""
 import pandas as pd
 import streamlit as st
 
-from benchmark.report.performance import SOURCE_BOOT, confusion_frame, reliability_frame
-from benchmark.report.roc import FPR_GRID, ROC_BOOT
+from benchmark.analysis.performance import SOURCE_BOOT, confusion_frame, reliability_frame
+from benchmark.analysis.roc import FPR_GRID, ROC_BOOT
 from dashboard import cache, common, downloads, render, views
 
 st.title("Performance")

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from benchmark.report.calibration import N_BINS, Reliability, reliability, top_label
-from benchmark.report.roc import ROC_BOOT, RocCurve, mean_curve, roc_curves
+from benchmark.analysis.calibration import N_BINS, Reliability, reliability, top_label
+from benchmark.analysis.roc import ROC_BOOT, RocCurve, mean_curve, roc_curves
 from benchmark.training.metrics import confusion_matrix, metrics_with_ci
 
 #: patient-bootstrap resamples of the per-source CIs (the run's own metric CIs use 1000)

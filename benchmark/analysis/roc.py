@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmark.training.metrics import weighted_auc
+from benchmark.training.metrics import patient_weights, weighted_auc
 
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 ROC_BOOT = 200   # resamples per curve: enough for a drawn band; the tables' CIs use the run's own 1000
@@ -54,15 +54,6 @@ def weighted_roc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) 
         out[i] = np.maximum.accumulate(np.interp(FPR_GRID, fpr, tpr, left=0.0, right=1.0))
         out[i, 0] = tpr[fpr == 0].max()
     return out
-
-
-def patient_weights(patients, n_boot: int, seed: int) -> np.ndarray:
-    """B x N integer weights: how often each image's patient is drawn in each resample."""
-    _, patient = np.unique(np.asarray([str(p) for p in patients]), return_inverse=True)
-    n = int(patient.max()) + 1 if patient.size else 0
-    draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    counts = np.stack([np.bincount(row, minlength=n) for row in draws]) if n else np.zeros((n_boot, 0))
-    return counts[:, patient]
 
 
 def roc_curves(labels: np.ndarray, probs: np.ndarray, patients, *, n_boot: int = ROC_BOOT,

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from benchmark.report.board import MEAN_OVER_CLASSES, leaderboard
+from benchmark.analysis.board import MEAN_OVER_CLASSES, leaderboard
 from benchmark.store.schema import PHASES
 
 LUNG_PROBES = ("intact", "lungs_removed", "lungs_only")
