@@ -98,4 +98,4 @@ def recluster_run(db, run: dict, device, *, segmenter: str | None = None) -> str
     replace_run_tables(db, run["run_id"], {name: (df, {"split": "test"}) for name, df in tables.items()})
     clusters = tables["cam_clusters"]
     flagged = int(clusters.flagged.sum()) if not clusters.empty else 0
-    return f"{run['run_id']}: {len(clusters)} clusters of CAMs, {flagged} flagged ({seconds:.1f} s)"
+    return f"{run['run_id']}: {len(clusters)} clusters of CAMs, {flagged} flagged ({seconds:.2f} s)"
