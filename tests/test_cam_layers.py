@@ -83,7 +83,7 @@ def test_every_zoo_model_has_a_stride16_layer(name):
     assert 16 / 2 ** 0.5 <= strides[layer] <= 16 * 2 ** 0.5
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "shallow", "vgg16", "mobilenet_v2"])
+@pytest.mark.parametrize("arch", ["resnet18", "shallow", pytest.param("vgg16", marks=pytest.mark.slow), "mobilenet_v2"])
 def test_methods_asked_together_give_the_maps_each_gives_alone(arch):
     # Grad-CAM and HiResCAM at two layers share one forward and backward (compute_cams_many);
     # each map must be the one its own call gives, whatever else was asked with it

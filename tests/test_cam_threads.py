@@ -89,6 +89,7 @@ def _hooks(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
+@pytest.mark.slow  # seconds: the fast tier keeps to quick tests
 def test_live_cams_from_8_threads_equal_the_same_requests_alone(cached):
     model, meta = cached
     spec = model.spec

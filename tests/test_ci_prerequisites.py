@@ -59,6 +59,7 @@ def nothing_present(pytester, monkeypatch, tmp_path):
     return pytester
 
 
+@pytest.mark.slow  # runs a pytest session of its own (a second or more)
 def test_under_ci_every_missing_prerequisite_fails_and_names_its_path(nothing_present, monkeypatch, tmp_path):
     monkeypatch.setenv("CI", "true")
     result = nothing_present.runpytest("-rs")
@@ -71,6 +72,7 @@ def test_under_ci_every_missing_prerequisite_fails_and_names_its_path(nothing_pr
     assert "skipped outside the cuda tier" not in out  # the cuda test is the only skip
 
 
+@pytest.mark.slow  # runs a pytest session of its own (a second or more)
 def test_outside_ci_they_skip_with_the_reason(nothing_present, monkeypatch, tmp_path):
     monkeypatch.delenv("CI", raising=False)
     result = nothing_present.runpytest("-rs")
@@ -81,6 +83,7 @@ def test_outside_ci_they_skip_with_the_reason(nothing_present, monkeypatch, tmp_
         assert str(tmp_path / missing) in out, missing
 
 
+@pytest.mark.slow  # runs a pytest session of its own (a second or more)
 def test_under_ci_any_other_skip_fails_the_session(pytester, monkeypatch):
     monkeypatch.setenv("CI", "true")
     pytester.makeconftest(INNER_CONFTEST)
@@ -105,6 +108,7 @@ def test_over_nothing(name): pass
     assert "test_gpu" not in result.stdout.str().split("skipped outside the cuda tier")[1]
 
 
+@pytest.mark.slow  # runs a pytest session of its own (a second or more)
 def test_a_module_that_skips_itself_fails_under_ci(pytester, monkeypatch):
     monkeypatch.setenv("CI", "true")
     pytester.makeconftest(INNER_CONFTEST)
