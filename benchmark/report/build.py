@@ -194,7 +194,7 @@ def _external_failure(inputs: Inputs, board: pd.DataFrame, method: str | None) -
                       + f", n = {r.n_runs}" if pd.notna(r.rho) else f"n = {r.n_runs}: no rho")
                   for m, r in stats.iterrows()}
         blocks.append(Figure(
-            f"external-drop-{_slug(str(name))}", f"Figure 5. Each audit measure against the AUC drop on {name}",
+            f"external-drop-{_slug(str(name))}", f"Figure 6. Each audit measure against the AUC drop on {name}",
             figures.drop_scatter(rows, ext_analysis.AUDIT_MEASURES, titles),
             "One point per run, labelled with its model and coloured by the dataset it was trained on. y: internal "
             "minus external AUC (above 0: worse elsewhere). A warning that works puts the lung-reliance measures "
