@@ -175,6 +175,35 @@ def test_two_runs_per_set_claim_no_ci_and_each_set_is_its_own_group():
     assert list(ex.correlations(pd.DataFrame()).columns) == ["external_set", *ex.CORRELATION_COLUMNS]
 
 
+def test_within_training_sets_exposes_a_rho_that_only_ranks_the_training_sets():
+    # three training sets: the higher a set's source AUC, the larger its runs' drops (pooled rho high),
+    # but inside each set the runs with the higher source AUC lose less
+    rows, audit = [], []
+    for k, dataset in enumerate(["a", "b", "c"]):
+        for i in range(6):
+            run = f"{dataset}{i}"
+            drop = 0.2 * k + 0.02 * (5 - i)
+            rows.append({"run_id": run, "external_set": SET, "internal_set_auc": 0.95, "set_auc": 0.95 - drop,
+                         "internal_balanced_accuracy": 0.9, "balanced_accuracy": 0.9 - drop})
+            audit.append({"run_id": run, "dataset": dataset, "model": run, "accuracy": 0.9, "lung_mass": 0.5,
+                          "uniform_baseline": 0.3, "source_auc": 0.6 + 0.15 * k + 0.01 * i})
+    rows.append({"run_id": "d0", "external_set": SET, "internal_set_auc": 0.9, "set_auc": 0.5,
+                 "internal_balanced_accuracy": 0.9, "balanced_accuracy": 0.5})  # a set with one run
+    audit.append({"run_id": "d0", "dataset": "d", "model": "d0", "accuracy": 0.9, "lung_mass": 0.5,
+                  "uniform_baseline": 0.3, "source_auc": 0.99})
+    drops = ex.drop_table(_long(rows), pd.DataFrame(audit))
+    pooled = ex.correlations(drops, n_boot=200)
+    source = pooled[(pooled.measure == "source_auc") & (pooled["drop"] == "auc_drop")].iloc[0]
+    assert source.rho > 0.7 and source.verdict == "as expected"  # pooled: the warning seems to work
+    within = ex.within_training_sets(drops).set_index(["measure", "drop"])
+    row = within.loc[("source_auc", "auc_drop")]
+    assert row.within == "a -1.00 (6); b -1.00 (6); c -1.00 (6)" and row.n_training_sets == 3  # d: too few
+    assert within.loc[("lung_mass_above_uniform", "auc_drop")].within == ""  # the same in every run
+    one_set = drops[drops.dataset == "a"]
+    assert (ex.within_training_sets(one_set).within == "").all()  # one training set: the pooled rho is it
+    assert list(ex.within_training_sets(pd.DataFrame()).columns) == ex.WITHIN_COLUMNS
+
+
 def test_verdicts_in_words():
     assert ex.verdict(-1, -0.5, -0.8, -0.1) == "as expected"
     assert ex.verdict(-1, -0.5, -0.8, 0.2) == "as expected, but the CI includes 0"

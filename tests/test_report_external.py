@@ -74,6 +74,10 @@ def test_section_has_the_per_run_table_the_correlations_and_a_figure(with_extern
     assert lung["Runs"] == str(2 * len(MODELS)) and lung["95% CI"].startswith("[-")
     assert lung["Verdict"].startswith("as expected") and "only 12 runs" in lung["Note"]
     assert any("Few runs mean wide CIs" in n for n in corr.notes)
+    # the fixture's runs come from two training sets of 6: each one's own rho, or blank where it has none
+    parts = lung["Within each training set"].split("; ")
+    assert len(parts) == 2 and all(p.endswith("(6)") for p in parts), parts
+    assert any("ranks the training sets, not the models" in n for n in corr.notes)
     # Table 1 shows the drop at a glance
     study = report.tables()[0]
     assert {"Internal AUC (set's classes)", "External AUC", "AUC drop", "External set"} <= set(study.frame.columns)

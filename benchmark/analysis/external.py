@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from benchmark.analysis.correlation import N_BOOT, spearman_ci
+from benchmark.analysis.correlation import MIN_RUNS_CI, N_BOOT, spearman_ci
 
 EXTERNAL_PREFIX = "external:"
 #: under this many runs the note beside a correlation says its CI is wide
@@ -172,6 +172,44 @@ def correlations(drops: pd.DataFrame, *, by: tuple[str, ...] = ("external_set",)
                              "ci_low": r.ci_low, "ci_high": r.ci_high, "n_runs": r.n, "n_boot": r.n_boot,
                              "verdict": verdict(m.expected, r.rho, r.ci_low, r.ci_high), "note": note})
     return pd.DataFrame(rows, columns=cols)
+
+
+#: a training set's own rho is given when it has at least this many runs scored on the set
+WITHIN_MIN_RUNS = MIN_RUNS_CI
+WITHIN_COLUMNS = ["external_set", "measure", "drop", "within", "n_training_sets"]
+
+
+def within_training_sets(drops: pd.DataFrame, *, measures: tuple[Measure, ...] = AUDIT_MEASURES,
+                         targets: dict[str, str] = DROPS, min_runs: int = WITHIN_MIN_RUNS) -> pd.DataFrame:
+    """Per (external set, measure, drop): Spearman's rho among the runs of each training set
+    (drop_table's `dataset`) that has at least `min_runs` of them, in words ("cohen-nih -0.77 (9);
+    ..."), and how many training sets it covers. Across runs of several training sets a measure can
+    rank the sets rather than the models (a source probe describes the database a model learnt
+    from): a pooled rho that no training set repeats is the sets', not the models'. Blank where the
+    set's runs come from one training set, or none has `min_runs`."""
+    from scipy.stats import spearmanr
+
+    if drops is None or drops.empty:
+        return pd.DataFrame(columns=WITHIN_COLUMNS)
+    rows = []
+    for external_set, group in drops.groupby("external_set", sort=True):
+        several = group["dataset"].nunique() > 1
+        for m in measures:
+            for drop in targets:
+                parts = []
+                for dataset, runs in group.groupby("dataset", sort=True):
+                    if len(runs) < min_runs or not several:
+                        continue
+                    x = pd.to_numeric(runs.get(m.column, pd.Series(np.nan, index=runs.index)), errors="coerce")
+                    y = pd.to_numeric(runs[drop], errors="coerce")
+                    both = x.notna() & y.notna()
+                    if both.sum() < min_runs or x[both].nunique() < 2 or y[both].nunique() < 2:
+                        continue
+                    rho = float(spearmanr(x[both], y[both]).statistic)
+                    parts.append(f"{dataset} {rho:+.2f} ({int(both.sum())})")
+                rows.append({"external_set": external_set, "measure": m.column, "drop": drop,
+                             "within": "; ".join(parts), "n_training_sets": len(parts)})
+    return pd.DataFrame(rows, columns=WITHIN_COLUMNS)
 
 
 def expected_sign_text(sign: int) -> str:

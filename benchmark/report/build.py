@@ -186,8 +186,9 @@ def _external_failure(inputs: Inputs, board: pd.DataFrame, method: str | None) -
                                  "checkpoint whose classes include the set's."),)
     drops = drops.assign(label=[tables.model_label(r) for r in drops.to_dict("records")])
     corr = ext_analysis.correlations(drops)
+    within = ext_analysis.within_training_sets(drops)
     blocks = [intro, tables.external_drop_table(drops, method),
-              tables.drop_correlation_table(corr, ext_analysis.FEW_RUNS_NOTE)]
+              tables.drop_correlation_table(corr, ext_analysis.FEW_RUNS_NOTE, within)]
     for name, rows in drops.groupby("external_set", sort=True):
         stats = corr[(corr.external_set == name) & (corr["drop"] == "auc_drop")].set_index("measure")
         titles = {m: (f"rho {r.rho:.2f}" + (f" [{r.ci_low:.2f}, {r.ci_high:.2f}]" if pd.notna(r.ci_low) else "")

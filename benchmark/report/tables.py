@@ -173,14 +173,19 @@ def external_drop_table(drops: pd.DataFrame, method: str | None) -> Table:
         ), empty_text="No run has an external AUC stored.")
 
 
-def drop_correlation_table(corr: pd.DataFrame, few_runs_note: str) -> Table:
+def drop_correlation_table(corr: pd.DataFrame, few_runs_note: str, within: pd.DataFrame | None = None) -> Table:
     """Across runs, per external set: each audit measure's rank correlation with each drop, its CI,
-    the runs it rests on, the sign it should have if the warning is right, and the verdict."""
+    the runs it rests on, the sign it should have if the warning is right, the verdict, and
+    (`within`: analysis.external.within_training_sets) the same rho among the runs of each training set."""
+    inside = {} if within is None or within.empty else {
+        (w["external_set"], w["measure"], w["drop"]): w["within"] for w in _records(within)}
     rows = [{"External set": r.get("external_set", ""), "Measure": r["measure_label"], "Drop": r["drop_label"],
              "Expected sign": {-1: "negative", 1: "positive"}.get(int(r["expected_sign"]), "none"),
              "Spearman rho": num(r["rho"], 2),
              "95% CI": "" if pd.isna(r["ci_low"]) else f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
-             "Runs": count(r["n_runs"]), "Verdict": r["verdict"], "Note": r["note"]} for r in _records(corr)]
+             "Runs": count(r["n_runs"]), "Verdict": r["verdict"], "Note": r["note"],
+             "Within each training set": inside.get((r.get("external_set", ""), r["measure"], r["drop"]), "")}
+            for r in _records(corr)]
     return Table("Table 6. Does the audit predict the external drop? Rank correlations across runs",
                  pd.DataFrame(rows), notes=(
         few_runs_note,
@@ -190,7 +195,10 @@ def drop_correlation_table(corr: pd.DataFrame, few_runs_note: str) -> Table:
         "check says whether the maps can be trusted at all, not which way the drop goes.",
         "95% CI: percentiles of rho over resamples of the runs (with replacement; a resample in which either "
         "variable is constant is skipped). Blank: too few runs, a measure the same for every run, or one not "
-        "measured (Note)."),
+        "measured (Note).",
+        "Within each training set: rho among the runs trained on one dataset (runs), where a set's runs come "
+        "from several and one has at least 5. A pooled rho that no training set repeats ranks the training sets, "
+        "not the models: a source probe, for one, describes the database a model learnt from."),
         empty_text="No run has an external AUC stored.")
 
 
