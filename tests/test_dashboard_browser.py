@@ -109,19 +109,27 @@ def _go(driver, page: str, timeout: float = 90) -> None:
     """Open `page` as a user does, through the sidebar's link (in-app navigation). A typed URL of a page
     other than the first makes streamlit's client probe `<page>/_stcore/health` before the server's
     root, two 404s in the console, so the pages are reached from the root as a visitor reaches them."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    def click(d):
+    last_click = [0.0]
+
+    def arrived(d):
+        if urlsplit(d.current_url).path.rstrip("/").endswith(f"/{page}"):  # the page may add query parameters
+            return True
+        if time.monotonic() - last_click[0] < 3:  # give a click time to navigate before clicking again
+            return False
         links = d.find_elements(By.CSS_SELECTOR, f'a[data-testid="stSidebarNavLink"][href$="/{page}"]')
         try:
-            return links and (links[0].click() or True)
-        except StaleElementReferenceException:  # the sidebar redrew under us: look again
-            return False
+            if links:
+                links[0].click()  # a click while the page still reruns can be lost: then it is clicked again
+                last_click[0] = time.monotonic()
+        except (StaleElementReferenceException, ElementClickInterceptedException):  # redrawn or covered
+            pass
+        return False
 
-    WebDriverWait(driver, timeout, poll_frequency=0.3).until(click)
-    WebDriverWait(driver, timeout, poll_frequency=0.3).until(lambda d: d.current_url.rstrip("/").endswith(f"/{page}"))
+    WebDriverWait(driver, timeout, poll_frequency=0.3).until(arrived)
 
 
 def _shot(driver, path: Path) -> None:
