@@ -13,7 +13,6 @@ over the limit.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 import pandas as pd
@@ -31,9 +30,8 @@ def shares(db: str, recompute: bool, device: str) -> pd.DataFrame:
             from benchmark.cli.cams import recluster_run
             from benchmark.training.device import resolve_device
 
-            line = recluster_run(db, run, resolve_device(device))
-            found = re.search(r"\(([\d.]+) s\)$", line)
-            cluster = float(found.group(1)) if found else float("nan")
+            seconds = recluster_run(db, run, resolve_device(device)).seconds
+            cluster = float("nan") if seconds is None else seconds
         other = sum(float(run.get(f"{p}_seconds") or 0) for p in ("cam", "faithfulness", "probe"))
         audit = other + (0 if cluster is None or pd.isna(cluster) else float(cluster))
         rows.append({"run_id": run["run_id"], "model": run["model"], "dataset": run["dataset"],

@@ -249,8 +249,10 @@ def window(n: int, position: int, size: int) -> slice:
 
 
 def grid_map(blob, grid: int) -> np.ndarray:
-    """A stored class-mean or cluster map (float32 bytes, grid x grid) as an array (numpy only)."""
-    return np.frombuffer(bytes(blob), dtype=np.float32).reshape(int(grid), int(grid))
+    """A stored class-mean, cluster or lung map as a grid x grid array."""
+    from benchmark.store.queries import grid_array
+
+    return grid_array(blob, grid)
 
 
 def share_line(row) -> str:

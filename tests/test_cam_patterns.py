@@ -18,7 +18,6 @@ from benchmark.audit.cam_clusters import MAX_CLUSTERS, choose_k, cluster_maps, m
 from benchmark.audit.cam_grid import (
     GRID,
     edge_regions,
-    from_blob,
     lung_ceiling,
     maps_to_grid,
     masks_to_grid,
@@ -26,6 +25,7 @@ from benchmark.audit.cam_grid import (
     region_areas,
 )
 from benchmark.audit.cam_patterns import FLAG_MIN_SHARE, N_NEAREST, cam_pattern_tables
+from benchmark.store.queries import grid_array
 from tests.fixtures_db import lung_mask
 
 SIZE = 64
@@ -62,7 +62,7 @@ def test_the_grid_regions_and_shares():
     # maps of any resolution land on the same grid; a blob in the corner stays in the corner
     grid_maps = maps_to_grid([np.eye(5, dtype=np.float32)[::-1], corner[:8, :8]])
     assert grid_maps.shape == (2, GRID, GRID) and grid_maps[1, 0, 0] > grid_maps[1, -1, -1]
-    assert np.array_equal(from_blob(grid_maps[0].tobytes(), GRID), grid_maps[0])
+    assert np.array_equal(grid_array(grid_maps[0].tobytes(), GRID), grid_maps[0])
 
 
 def test_features_compare_where_the_mass_lies_not_how_much():
@@ -143,7 +143,7 @@ def test_tables_flag_the_cluster_off_the_lungs_and_only_it():
     assert marker_ids == {f"i{i:03d}" for i in range(20)}
     nearest = json.loads(covid.at[1, "nearest_json"])
     assert len(nearest) == N_NEAREST and set(nearest) <= marker_ids
-    stored = from_blob(covid.at[1, "mean_map"], GRID)
+    stored = grid_array(covid.at[1, "mean_map"], GRID)
     assert stored.shape == (GRID, GRID) and stored[:4, :4].mean() > stored[12:20, 12:20].mean()
 
 
@@ -201,7 +201,7 @@ def test_a_run_fills_the_tables_and_cams_clusters_recomputes_them(tmp_path, cach
         members_again = con.execute("SELECT * FROM cam_cluster_members ORDER BY method, image_id").df()
     for before, after in ((means, again), (clusters, clusters_again)):  # the same, up to summation order
         for a, b in zip(before.mean_map, after.mean_map):
-            assert np.allclose(from_blob(a, GRID), from_blob(b, GRID), atol=1e-6)
+            assert np.allclose(grid_array(a, GRID), grid_array(b, GRID), atol=1e-6)
         pd.testing.assert_frame_equal(after.drop(columns="mean_map"), before.drop(columns="mean_map"),
                                       check_exact=False, atol=1e-6)
     pd.testing.assert_frame_equal(members_again, members, check_exact=False, atol=1e-6)

@@ -93,9 +93,5 @@ def region_areas(lung_map: np.ndarray) -> dict[str, float]:
 
 
 def to_blob(grid_map: np.ndarray) -> bytes:
-    """A grid map as stored: float32 bytes, row-major."""
+    """A grid map as stored: float32 bytes, row-major (read back by `store.queries.grid_array`)."""
     return np.ascontiguousarray(grid_map, dtype=np.float32).tobytes()
-
-
-def from_blob(blob: bytes, grid: int) -> np.ndarray:
-    return np.frombuffer(bytes(blob), dtype=np.float32).reshape(grid, grid)

@@ -37,7 +37,7 @@ def cmd_cams(args) -> int:
     device = resolve_device(args.device)
     if args.clusters_only:
         for run in runs.to_dict("records"):
-            print(recluster_run(db, run, device, segmenter=args.segmenter))
+            print(recluster_run(db, run, device, segmenter=args.segmenter).line)
         return 0
     for run in runs.to_dict("records"):
         spec = spec_from_run(run)
@@ -72,7 +72,25 @@ def _test_records(db, run: dict, spec, meta: dict) -> list:
             else load_job_dataset(spec).split("test"))
 
 
-def recluster_run(db, run: dict, device, *, segmenter: str | None = None) -> str:
+@dataclasses.dataclass(frozen=True)
+class Reclustered:
+    """What `recluster_run` did to one run: its clusters, how many are flagged, and the seconds of
+    the pattern step alone (None: the run has no stored maps to cluster)."""
+
+    run_id: str
+    n_clusters: int = 0
+    n_flagged: int = 0
+    seconds: float | None = None
+
+    @property
+    def line(self) -> str:
+        if self.seconds is None:
+            return f"{self.run_id}: no stored CAMs of the test split; run `cams` first"
+        return (f"{self.run_id}: {self.n_clusters} clusters of CAMs, {self.n_flagged} flagged "
+                f"({self.seconds:.2f} s)")
+
+
+def recluster_run(db, run: dict, device, *, segmenter: str | None = None) -> Reclustered:
     """Recompute one run's class-mean maps and clusters of its test split from its stored maps
     (no model is loaded): the images' lung masks are read again (ground truth, else the segmenter)."""
     spec = spec_from_run(run)
@@ -81,7 +99,7 @@ def recluster_run(db, run: dict, device, *, segmenter: str | None = None) -> str
         cams = queries.stored_pred_cams(con, run["run_id"], "test")
         preds = queries.split_predictions(con, run["run_id"], "test").set_index("image_id")
     if cams.empty:
-        return f"{run['run_id']}: no stored CAMs of the test split; run `cams` first"
+        return Reclustered(run["run_id"])
     predicted = set(preds.index)
     records = [r for r in _test_records(db, run, spec, meta) if r.image_id in predicted]
     cache = DecodeCache(spec.data.cache_dir)
@@ -97,5 +115,5 @@ def recluster_run(db, run: dict, device, *, segmenter: str | None = None) -> str
     seconds = time.perf_counter() - clock
     replace_run_tables(db, run["run_id"], {name: (df, {"split": "test"}) for name, df in tables.items()})
     clusters = tables["cam_clusters"]
-    flagged = int(clusters.flagged.sum()) if not clusters.empty else 0
-    return f"{run['run_id']}: {len(clusters)} clusters of CAMs, {flagged} flagged ({seconds:.2f} s)"
+    return Reclustered(run["run_id"], len(clusters), int(clusters.flagged.sum()) if not clusters.empty else 0,
+                       seconds)

@@ -8,26 +8,22 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 
 from benchmark.cams.engine import upsample_cam
 from benchmark.report import figures
 from benchmark.report.document import Figure, Paragraph, Table
 from benchmark.report.tables import num
+from benchmark.store.queries import grid_array
 
 FIGURE_SIDE = 128   # pixels of a mean-map tile
 MAX_RUNS = 12       # rows of a dataset's figure: the most accurate runs
 
 
-def _grid(blob, grid: int) -> np.ndarray:
-    return np.frombuffer(bytes(blob), dtype=np.float32).reshape(int(grid), int(grid))
-
-
 def _cell(row: dict) -> figures.CamCell:
     grid = int(row["grid"])
-    cam = upsample_cam(_grid(row["mean_map"], grid), (FIGURE_SIDE, FIGURE_SIDE))
-    lungs = upsample_cam(_grid(row["lung_map"], grid), (FIGURE_SIDE, FIGURE_SIDE)) >= 0.5
+    cam = upsample_cam(grid_array(row["mean_map"], grid), (FIGURE_SIDE, FIGURE_SIDE))
+    lungs = upsample_cam(grid_array(row["lung_map"], grid), (FIGURE_SIDE, FIGURE_SIDE)) >= 0.5
     title = (f"pred {row['class_name']} (n={row['n_images']})\nlungs {num(row['lung_share'], 2)} "
              f"(uniform {num(row['lung_area'], 2)}), border {num(row['border_share'], 2)}")
     return figures.CamCell(None, cam, lungs if lungs.any() else None, title)

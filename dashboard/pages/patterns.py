@@ -40,6 +40,12 @@ def _valid(key: str, options) -> None:
         del st.session_state[key]
 
 
+def _map_picture(row: dict) -> bytes:
+    """A class-mean or cluster row's mean map with its images' mean lung outline, as an image."""
+    return render.picture(render.mean_map_picture(views.grid_map(row["mean_map"], row["grid"]),
+                                                  views.grid_map(row["lung_map"], row["grid"]), MAP_SIDE))
+
+
 datasets = sorted(index["dataset"].unique())
 c1, c2, c3, c4 = st.columns([1.2, 2.4, 1.4, 1.2], vertical_alignment="bottom")
 _valid("pat_dataset", datasets)
@@ -66,9 +72,7 @@ st.subheader("Class-mean maps")
 cols = st.columns(max(1, min(4, len(means))))
 for col, row in zip(cols * (len(means) // len(cols) + 1), means.to_dict("records")):
     with col.container(border=True):
-        picture = render.mean_map_picture(views.grid_map(row["mean_map"], row["grid"]),
-                                          views.grid_map(row["lung_map"], row["grid"]), MAP_SIDE)
-        st.image(render.picture(picture), width="stretch")
+        st.image(_map_picture(row), width="stretch")
         st.markdown(f"**predicted {row['class_name']}** · {row['n_images']} images · accuracy {row['accuracy']:.2f}")
         st.caption(f"mass on {views.share_line(row)} · maps {row['cam_height']}x{row['cam_width']}")
 
@@ -88,9 +92,7 @@ for class_name, group in clusters.groupby("class_name", sort=True):
         with st.container(border=True):
             left, right = st.columns([1, 3.2])
             with left:
-                picture = render.mean_map_picture(views.grid_map(row["mean_map"], row["grid"]),
-                                                  views.grid_map(row["lung_map"], row["grid"]), MAP_SIDE)
-                st.image(render.picture(picture), width="stretch")
+                st.image(_map_picture(row), width="stretch")
             with right:
                 share = f"{row['class_share']:.0%} of the class"
                 flag = (f":red[**flagged**: {share}, lung focus {row['lung_focus']:.2f}]" if row["flagged"]

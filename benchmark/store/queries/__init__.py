@@ -53,6 +53,7 @@ from benchmark.store.queries.metrics import (  # noqa: F401
 from benchmark.store.queries.patterns import (  # noqa: F401
     cam_clusters,
     class_maps,
+    grid_array,
     pattern_index,
 )
 from benchmark.store.queries.runs import (  # noqa: F401
@@ -107,6 +108,7 @@ __all__ = [
     "gallery_facets",
     "GALLERY_ORDER_COLUMNS",
     "class_maps",
+    "grid_array",
     "cam_clusters",
     "pattern_index",
 ]

@@ -6,7 +6,14 @@ parameters. Reads see only done runs.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+
+
+def grid_array(blob, grid: int) -> np.ndarray:
+    """A stored class-mean, cluster or lung map (`mean_map`, `lung_map`: float32 bytes, row-major,
+    grid x grid; written by audit/cam_grid.py's `to_blob`) as an array."""
+    return np.frombuffer(bytes(blob), dtype=np.float32).reshape(int(grid), int(grid))
 
 
 def class_maps(con, run_ids: list[str] | tuple[str, ...], split: str = "test",
