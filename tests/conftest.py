@@ -17,7 +17,18 @@ BAD_INPUTS = Path(os.environ.get("BAD_INPUTS", REPO.parent / "shared" / "data" /
 CXR_EXTERNAL = Path(os.environ.get("CXR_EXTERNAL", REPO.parent / "shared" / "data" / "cxr-external"))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium, chromium-driver
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def torch_threads() -> int:
+    """Threads per test process: at most 2, and the cores shared among pytest-xdist's workers
+    (`-n N`), whose subprocesses inherit the same share through $OMP_NUM_THREADS."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, (os.cpu_count() or 1) // max(1, workers)))
+
+
+torch.set_num_threads(torch_threads())
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(torch_threads())
 
 pytest_plugins = ["pytester"]  # tests/test_ci_prerequisites.py runs small sessions of its own
 
@@ -73,6 +84,8 @@ class CiSkipGuard:
 
 
 def pytest_configure(config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order LONGEST_FILES sets
+        config.option.loadscopereorder = False   # (its default hands out the files with most tests first)
     if in_ci():
         config.pluginmanager.register(CiSkipGuard(), "ci-skip-guard")
 
@@ -100,8 +113,16 @@ def cuda_tier_device() -> torch.device | None:
     return None
 
 
+# The two longest test files (minutes of training each): collected first, so that under
+# `-n 2 --dist loadfile` each worker starts on one of them and the rest fills in around them
+# (pytest_configure turns off xdist's own reordering, which would hand them out late).
+LONGEST_FILES = ("test_architectures.py", "test_phantom_proof.py")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Without a device for the cuda tier, its tests are collected and skipped, all with one reason."""
+    """The longest files first (their own order kept); without a device for the cuda tier, its tests
+    are collected and skipped, all with one reason."""
+    items.sort(key=lambda item: item.path.name not in LONGEST_FILES)  # stable: every file keeps its order
     if cuda_tier_device() is not None:
         return
     skip = pytest.mark.skip(reason=CUDA_SKIP_REASON)
@@ -194,10 +215,24 @@ SHORTCUT_RUN = {"n": 360, "size": 128, "epochs": 6, "batch": 32}
 def shortcut_run(tmp_path_factory) -> Path:
     """One real run of resnet18 on phantom-shortcut (results.duckdb and checkpoints/ under the folder
     returned), made once per session in a subprocess with its own decode cache. Read it, never write."""
+    from filelock import FileLock
+
+    # under pytest-xdist the workers share one run: the first to ask makes it, the others wait for it
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "shortcut-run"
+    with FileLock(f"{root}.lock"):
+        if not (root / "done").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            _make_shortcut_run(root)
+            (root / "done").touch()
+    return root
+
+
+def _make_shortcut_run(root: Path) -> None:
     import subprocess
     import sys
 
-    root = tmp_path_factory.mktemp("shortcut-run")
+    root.mkdir(parents=True)
     c = SHORTCUT_RUN
     cmd = [sys.executable, "-m", "benchmark", "run", "--data", "phantom-shortcut", "--n-phantom", str(c["n"]),
            "--models", "resnet18", "--image-size", str(c["size"]), "--epochs", str(c["epochs"]),
@@ -207,7 +242,6 @@ def shortcut_run(tmp_path_factory) -> Path:
     done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "CXR_CACHE": str(root / "cache")},
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return root
 
 
 @pytest.fixture

@@ -117,3 +117,29 @@ def test_a_module_that_skips_itself_fails_under_ci(pytester, monkeypatch):
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["SKIPPED test_inner.py: no data"])
+
+
+@pytest.mark.slow  # a pytest session with two worker processes of its own (seconds)
+def test_under_ci_a_skip_on_an_xdist_worker_fails_the_session(pytester, monkeypatch):
+    """README's test command runs on pytest-xdist workers: their skips reach the guard too."""
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("PYTHONPATH", str(conftest.REPO))  # the workers import tests.conftest
+    pytester.makeconftest(INNER_CONFTEST)
+    pytester.makepyfile(test_inner="""
+import pytest
+
+def test_passes(): pass
+def test_skips_itself(): pytest.skip("renamed query")
+
+@pytest.mark.cuda
+def test_gpu(): pytest.skip("needs a CUDA device")
+""", test_module="import pytest\npytest.skip('no data', allow_module_level=True)\n")
+    result = pytester.runpytest("-n", "2", "--dist", "loadfile", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=3)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*CI=true: 2 skipped outside the cuda tier*"])
+    tail = result.stdout.str().split("skipped outside the cuda tier")[1]
+    assert "test_skips_itself: renamed query" in tail and "test_module.py" in tail and "test_gpu" not in tail
+
+    monkeypatch.setenv("CI", "false")  # the same session outside CI: skips are skips
+    assert pytester.runpytest("-n", "2", "--dist", "loadfile", "-p", "no:cacheprovider").ret == pytest.ExitCode.OK

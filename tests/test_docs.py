@@ -26,6 +26,8 @@ README = REPO / "README.md"
 DOCS = [README, *sorted((REPO / "docs").glob("*.md"))]
 CONTRACT = REPO / "docs" / "contract.md"
 MAX_README_LINES = 160
+# README's test command: two pytest-xdist workers, each test file on one of them; .ci/run adds -rfEs
+TEST_COMMAND = "python -m pytest -q -n 2 --dist loadfile tests"
 
 #: long options of other tools that the docs name, by tool (not options of this project)
 FOREIGN_FLAGS = {
@@ -133,8 +135,10 @@ def test_every_variable_the_docs_name_is_read_in_paths():
 def test_readme_is_short_and_keeps_the_ci_test_command():
     lines = _text(README).splitlines()
     assert len(lines) <= MAX_README_LINES, f"README.md has {len(lines)} lines; move detail to docs/"
-    assert "python -m pytest -q tests" in lines  # .ci/run runs the README's test command
-    assert "ruff check ." in _text(REPO / ".ci" / "run")
+    assert TEST_COMMAND in lines
+    ci = _text(REPO / ".ci" / "run")  # runs the README's test command, after ruff
+    assert "ruff check ." in ci
+    assert TEST_COMMAND.replace("python ", "python3 ").replace(" tests", " -rfEs tests") in ci
 
 
 def test_top_level_help_lists_every_registered_command():
