@@ -42,8 +42,7 @@ def _valid(key: str, options) -> None:
 
 def _map_picture(row: dict) -> bytes:
     """A class-mean or cluster row's mean map with its images' mean lung outline, as an image."""
-    return render.picture(render.mean_map_picture(views.grid_map(row["mean_map"], row["grid"]),
-                                                  views.grid_map(row["lung_map"], row["grid"]), MAP_SIDE))
+    return cache.mean_map_picture(bytes(row["mean_map"]), bytes(row["lung_map"]), int(row["grid"]), MAP_SIDE)
 
 
 datasets = sorted(index["dataset"].unique())
