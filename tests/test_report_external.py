@@ -8,6 +8,7 @@ import re
 import pytest
 
 from benchmark.analysis import external as ex
+from benchmark.analysis import replication, seeds
 from benchmark.report import html, markdown
 from benchmark.report.build import build_report
 from benchmark.store import queries, reader
@@ -78,6 +79,7 @@ def test_section_has_the_per_run_table_the_correlations_and_a_figure(with_extern
     parts = lung["Within each training set"].split("; ")
     assert len(parts) == 2 and all(p.endswith("(6)") for p in parts), parts
     assert any("ranks the training sets, not the models" in n for n in corr.notes)
+    assert not any(getattr(b, "title", "").startswith("Table 6b.") for b in blocks)  # one seed: nothing to say
     # Table 1 shows the drop at a glance
     study = report.tables()[0]
     assert {"Internal AUC (set's classes)", "External AUC", "AUC drop", "External set"} <= set(study.frame.columns)
@@ -113,3 +115,22 @@ def test_without_external_sets_the_section_says_so(without_external):
     assert "No external set is scored with AUCs yet" in md
     study = report.tables()[0]
     assert "External AUC" not in study.frame.columns  # the paper's table stays the paper's
+
+
+@pytest.mark.slow  # builds a whole report (seconds)
+def test_with_several_seeds_the_section_says_whether_the_drop_repeats(tmp_path):
+    spec = FakeResultsSpec(models=MODELS[:4], methods=("gradcam",), n_test=6, external_sets=(SET,), seeds=(0, 1))
+    db = build_results_db(tmp_path, spec)
+    blocks = _section(build_report(db, n_boot=10)).blocks
+    table = next(b for b in blocks if getattr(b, "title", "").startswith("Table 6b.")).frame
+    with reader(db) as con:
+        drops = ex.drop_table(queries.external_metrics(con), queries.run_details(con))
+        groups = seeds.seed_groups(queries.run_details(con))
+    # the report's rows are the analysis's, over both training sets of the fixture, 4 models x 2 seeds each
+    assert set(table["Trained on"]) == set(spec.datasets) and set(table["External set"]) == {SET}
+    drop = table[(table["Quantity"] == "AUC drop") & (table["Trained on"] == spec.datasets[0])].iloc[0]
+    assert drop["Models (runs)"] == "4 (8)" and drop["Seed pairs"] == "1"
+    expected = replication.seed_replication(drops, groups)
+    expected = expected[(expected.quantity == "auc_drop") & (expected.dataset == spec.datasets[0])].iloc[0]
+    assert float(drop["ICC(1)"]) == pytest.approx(expected.icc, abs=0.006)
+    assert float(drop["Seed-vs-seed rho"]) == pytest.approx(expected.seed_rho, abs=0.006)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from benchmark import __version__
 from benchmark.analysis import external as ext_analysis
-from benchmark.analysis import measures, performance, seeds
+from benchmark.analysis import measures, performance, replication, seeds
 from benchmark.analysis.board import preferred_method_index
 from benchmark.analysis.roc import ROC_BOOT, mean_curve, roc_curves
 from benchmark.data.stored import lung_share
@@ -189,6 +189,9 @@ def _external_failure(inputs: Inputs, board: pd.DataFrame, method: str | None) -
     within = ext_analysis.within_training_sets(drops)
     blocks = [intro, tables.external_drop_table(drops, method),
               tables.drop_correlation_table(corr, ext_analysis.FEW_RUNS_NOTE, within)]
+    repeat = replication.seed_replication(drops, seeds.seed_groups(inputs.details))
+    if not repeat.empty:  # only with several seeds of the same models
+        blocks.append(tables.seed_replication_table(repeat))
     for name, rows in drops.groupby("external_set", sort=True):
         stats = corr[(corr.external_set == name) & (corr["drop"] == "auc_drop")].set_index("measure")
         titles = {m: (f"rho {r.rho:.2f}" + (f" [{r.ci_low:.2f}, {r.ci_high:.2f}]" if pd.notna(r.ci_low) else "")

@@ -202,6 +202,27 @@ def drop_correlation_table(corr: pd.DataFrame, few_runs_note: str, within: pd.Da
         empty_text="No run has an external AUC stored.")
 
 
+def seed_replication_table(replication: pd.DataFrame) -> Table:
+    """Per external set and training dataset (analysis.replication.seed_replication): how much of the
+    drop and of each audit measure lies between models rather than between seeds of one model."""
+    rows = [{"External set": r["external_set"], "Trained on": r["dataset"], "Quantity": r["label"],
+             "Models (runs)": f"{count(r['n_groups'])} ({count(r['n_runs'])})",
+             "SD between models": num(r["between_sd"]), "SD between seeds": num(r["within_sd"]),
+             "ICC(1)": num(r["icc"], 2), "Seed-vs-seed rho": num(r["seed_rho"], 2),
+             "Seed pairs": count(r["n_seed_pairs"])}
+            for r in _records(replication)]
+    return Table("Table 6b. Does a model's external drop repeat when it is trained again?", pd.DataFrame(rows), notes=(
+        "Over the models trained with two or more seeds on one dataset and scored on one external set. SD between "
+        "models: of the models' means over seeds; SD between seeds: pooled over the models. ICC(1): the share of "
+        "the variance that lies between models (one-way random effects; near 0 or below: the differences between "
+        "models are those between seeds). Seed-vs-seed rho: Spearman's rho between two seeds' values over the "
+        "models, the mean over pairs of seeds.",
+        "An audit measure can rank the models of a training set by their drop only where the drop itself repeats "
+        "across seeds (a clearly positive ICC and rho): where it does not, there is no ranking of models to find, "
+        "and Table 6's rho within that training set is noise whatever its sign."),
+        empty_text="No model has two seeds scored on an external set.")
+
+
 def cost_table(costs: pd.DataFrame) -> Table:
     phase_cols = [f"{p}_seconds" for p in PHASES]
     rows = []
