@@ -83,11 +83,8 @@ def test_outside_ci_they_skip_with_the_reason(nothing_present, monkeypatch, tmp_
         assert str(tmp_path / missing) in out, missing
 
 
-@pytest.mark.slow  # runs a pytest session of its own (a second or more)
-def test_under_ci_any_other_skip_fails_the_session(pytester, monkeypatch):
-    monkeypatch.setenv("CI", "true")
-    pytester.makeconftest(INNER_CONFTEST)
-    pytester.makepyfile(test_inner="""
+# a passing test, a skip, a skipped cuda test and a test over no parameters (a skip too)
+SKIPPING = """
 import pytest
 
 def test_passes(): pass
@@ -98,7 +95,14 @@ def test_gpu(): pytest.skip("needs a CUDA device")
 
 @pytest.mark.parametrize("name", [])
 def test_over_nothing(name): pass
-""")
+"""
+
+
+@pytest.mark.slow  # runs a pytest session of its own (a second or more)
+def test_under_ci_any_other_skip_fails_the_session(pytester, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    pytester.makeconftest(INNER_CONFTEST)
+    pytester.makepyfile(test_inner=SKIPPING)
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, skipped=3)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
@@ -125,21 +129,15 @@ def test_under_ci_a_skip_on_an_xdist_worker_fails_the_session(pytester, monkeypa
     monkeypatch.setenv("CI", "true")
     monkeypatch.setenv("PYTHONPATH", str(conftest.REPO))  # the workers import tests.conftest
     pytester.makeconftest(INNER_CONFTEST)
-    pytester.makepyfile(test_inner="""
-import pytest
-
-def test_passes(): pass
-def test_skips_itself(): pytest.skip("renamed query")
-
-@pytest.mark.cuda
-def test_gpu(): pytest.skip("needs a CUDA device")
-""", test_module="import pytest\npytest.skip('no data', allow_module_level=True)\n")
+    pytester.makepyfile(test_inner=SKIPPING,
+                        test_module="import pytest\npytest.skip('no data', allow_module_level=True)\n")
     result = pytester.runpytest("-n", "2", "--dist", "loadfile", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, skipped=3)
+    result.assert_outcomes(passed=1, skipped=4)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["*CI=true: 2 skipped outside the cuda tier*"])
+    result.stdout.fnmatch_lines(["*CI=true: 3 skipped outside the cuda tier*"])
     tail = result.stdout.str().split("skipped outside the cuda tier")[1]
-    assert "test_skips_itself: renamed query" in tail and "test_module.py" in tail and "test_gpu" not in tail
+    assert "test_skips_itself: renamed query" in tail and "test_over_nothing" in tail
+    assert "test_module.py" in tail and "test_gpu" not in tail
 
     monkeypatch.setenv("CI", "false")  # the same session outside CI: skips are skips
     assert pytester.runpytest("-n", "2", "--dist", "loadfile", "-p", "no:cacheprovider").ret == pytest.ExitCode.OK
