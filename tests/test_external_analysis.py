@@ -84,6 +84,39 @@ def test_missing_values_leave_their_runs_out():
     assert r.n == 4 and r.rho == pytest.approx(-1.0)
 
 
+def test_seeds_of_one_model_are_resampled_together():
+    """Six models, each trained with five seeds that agree closely: 30 runs, but six independent
+    points. The run bootstrap counts 30 and is too sure; the cluster bootstrap counts six."""
+    rng = np.random.default_rng(5)
+    model_x, model_y = rng.normal(size=6), rng.normal(size=6)
+    x = np.repeat(model_x, 5) + rng.normal(0, 0.01, 30)
+    y = np.repeat(model_y, 5) + rng.normal(0, 0.01, 30)
+    groups = np.repeat(np.arange(6), 5)
+    runs = spearman_ci(x, y, n_boot=400, seed=1)
+    models = spearman_ci(x, y, n_boot=400, seed=1, clusters=groups)
+    assert models.rho == runs.rho and models.n == runs.n == 30  # the same point estimate over the same runs
+    assert runs.n_clusters == 0 and models.n_clusters == 6
+    assert models.ci_high - models.ci_low > 1.5 * (runs.ci_high - runs.ci_low)
+    # one run per label: the run bootstrap itself, resample for resample
+    assert spearman_ci(x, y, n_boot=400, seed=1, clusters=np.arange(30)) == runs
+    few = spearman_ci(x[:20], y[:20], n_boot=400, clusters=groups[:20])  # four models
+    assert np.isfinite(few.rho) and np.isnan(few.ci_low) and "4 seed groups: too few" in few.reason
+
+
+def test_correlations_say_when_the_ci_is_over_seed_groups():
+    rng = np.random.default_rng(6)
+    lung = np.repeat(rng.uniform(0, 0.3, 6), 3) + rng.normal(0, 0.005, 18)
+    drops = pd.DataFrame({"external_set": SET, "run_id": [f"r{i}" for i in range(18)],
+                          "seed_group": np.repeat(np.arange(6), 3), "lung_mass_above_uniform": lung,
+                          "auc_drop": 0.5 - lung + rng.normal(0, 0.01, 18), "bacc_drop": 0.1})
+    corr = ex.correlations(drops, measures=ex.AUDIT_MEASURES[:1], targets={"auc_drop": "AUC drop"}, n_boot=200)
+    row = corr.iloc[0]
+    assert row.rho < -0.8 and row.n_runs == 18 and "CI over 6 seed groups" in row.note
+    alone = ex.correlations(drops.drop(columns="seed_group"), measures=ex.AUDIT_MEASURES[:1],
+                            targets={"auc_drop": "AUC drop"}, n_boot=200).iloc[0]
+    assert "seed groups" not in alone.note and alone.rho == row.rho
+
+
 def test_vectorised_resamples_equal_spearmanr_on_each():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=9), rng.normal(size=9)
@@ -99,6 +132,16 @@ def test_vectorised_resamples_equal_spearmanr_on_each():
 
 
 # ----------------------------------------------------------------------------- per run and set
+
+def test_external_frame_holds_only_the_pairs_that_were_scored():
+    """Run b was scored on one set only: no row of b on the other (it would show as a blank run in
+    Table 5 and as a run of no value in every per-set count)."""
+    frame = ex.external_frame(_long([{"run_id": "a", "external_set": "x", "set_auc": 0.9},
+                                     {"run_id": "a", "external_set": "y", "set_auc": 0.8},
+                                     {"run_id": "b", "external_set": "x", "set_auc": 0.7}]))
+    assert sorted(zip(frame.run_id, frame.external_set)) == [("a", "x"), ("a", "y"), ("b", "x")]
+    assert frame.set_auc.notna().all()
+
 
 def test_external_frame_computes_both_drops_per_run_and_set():
     metrics = _long([{"run_id": "a", "external_set": "s1", "internal_set_auc": 0.9, "set_auc": 0.6,

@@ -47,6 +47,8 @@ def test_a_drop_that_belongs_to_the_model_repeats_and_noise_does_not():
     drops, groups = _drops(12, (0, 1, 2), effect_sd=0.2, noise_sd=0.02, rng=rng)
     out = rep.seed_replication(drops, groups).set_index("quantity")
     assert set(out.index) == {"auc_drop", "source_auc"}  # only the quantities the table has
+    # the drop belongs to the external set; an audit measure to the run's own test split
+    assert out.loc["auc_drop"].external_set == "external-covid-normal" and out.loc["source_auc"].external_set == ""
     drop = out.loc["auc_drop"]
     assert drop.n_groups == 12 and drop.n_runs == 36 and drop.n_seed_pairs == 3
     assert drop.icc > 0.9 and drop.seed_rho > 0.9 and drop.between_sd > 5 * drop.within_sd
@@ -78,6 +80,11 @@ def test_groups_are_per_training_set_and_external_set():
     b, gb = _drops(4, (0, 1), effect_sd=0.2, noise_sd=0.01, rng=rng)
     b = b.assign(run_id="b" + b.run_id, dataset="cohen-nih")
     gb = gb.assign(run_id="b" + gb.run_id, seed_group=gb.seed_group + 100)
-    out = rep.seed_replication(pd.concat([a, b]), pd.concat([ga, gb]))
-    drop = out[out.quantity == "auc_drop"].set_index("dataset")
-    assert dict(drop.n_groups) == {"covid-normal": 5, "cohen-nih": 4}
+    second = a.assign(external_set="cohen-kermany")  # the same runs scored on a second set
+    out = rep.seed_replication(pd.concat([a, b, second]), pd.concat([ga, gb]))
+    drop = out[out.quantity == "auc_drop"]
+    assert sorted(zip(drop.external_set, drop.dataset, drop.n_groups)) == [
+        ("cohen-kermany", "covid-normal", 5), ("external-covid-normal", "cohen-nih", 4),
+        ("external-covid-normal", "covid-normal", 5)]
+    measure = out[out.quantity == "source_auc"]  # once per training set, over its distinct runs
+    assert sorted(zip(measure.dataset, measure.n_runs)) == [("cohen-nih", 8), ("covid-normal", 10)]

@@ -85,7 +85,8 @@ def external_frame(metrics: pd.DataFrame) -> pd.DataFrame:
     wide = metrics.pivot_table(index=keys, columns="metric", values=["value", "ci_low", "ci_high"],
                                aggfunc="first", dropna=False)
     wide.columns = [name if part == "value" else f"{name}_{part}" for part, name in wide.columns]
-    wide = wide.reset_index()
+    # only the (run, set) pairs that were scored: the pivot's index is every run x every set
+    wide = metrics[keys].drop_duplicates().merge(wide.reset_index(), on=keys, how="left")
     if "n_images" in metrics:
         n = metrics.groupby(keys, sort=False)["n_images"].first().rename("n_images").reset_index()
         wide = wide.merge(n, on=keys, how="left")
@@ -148,12 +149,14 @@ def verdict(expected: int, rho: float, low: float, high: float) -> str:
 
 def correlations(drops: pd.DataFrame, *, by: tuple[str, ...] = ("external_set",),
                  measures: tuple[Measure, ...] = AUDIT_MEASURES, targets: dict[str, str] = DROPS,
-                 n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+                 n_boot: int = N_BOOT, seed: int = 0, cluster: str = "seed_group") -> pd.DataFrame:
     """Across the runs of each group of `drops` (drop_table rows; by default one group per external
     set, so each run is one point): each measure's Spearman rho with each drop, its 95% bootstrap CI
     over runs (`n_boot` resamples from `seed`), the runs it rests on, the expected sign and a verdict.
-    `note` says why rho or its CI is missing, or that few runs make the CI wide. To ask it of one
-    experiment, pass only that experiment's runs."""
+    `note` says why rho or its CI is missing, or that few runs make the CI wide. Where `drops` has
+    a `cluster` column (analysis.seeds' seed_group) and a group holds several runs, the CI resamples
+    groups (models), not runs, and the note says how many. To ask it of one experiment, pass only
+    that experiment's runs."""
     by = tuple(by)
     cols = [*by, *CORRELATION_COLUMNS]
     if drops is None or drops.empty:
@@ -165,8 +168,13 @@ def correlations(drops: pd.DataFrame, *, by: tuple[str, ...] = ("external_set",)
             for drop, drop_label in targets.items():
                 x = pd.to_numeric(group.get(m.column, pd.Series(np.nan, index=group.index)), errors="coerce")
                 y = pd.to_numeric(group.get(drop, pd.Series(np.nan, index=group.index)), errors="coerce")
-                r = spearman_ci(x.to_numpy(), y.to_numpy(), n_boot=n_boot, seed=seed, names=(m.label, drop_label))
+                groups = group[cluster].to_numpy() if cluster in group else None
+                r = spearman_ci(x.to_numpy(), y.to_numpy(), n_boot=n_boot, seed=seed, names=(m.label, drop_label),
+                                clusters=groups)
                 note = r.reason or (f"only {r.n} runs: the CI is wide" if r.n < FEW_RUNS else "")
+                if r.n_clusters and not r.reason:
+                    note = "; ".join(filter(None, (f"CI over {r.n_clusters} seed groups, each resampled whole",
+                                                   note)))
                 rows.append({**dict(zip(by, key)), "measure": m.column, "measure_label": m.label, "drop": drop,
                              "drop_label": drop_label, "expected_sign": m.expected, "rho": r.rho,
                              "ci_low": r.ci_low, "ci_high": r.ci_high, "n_runs": r.n, "n_boot": r.n_boot,

@@ -22,12 +22,14 @@ import itertools
 import numpy as np
 import pandas as pd
 
-#: quantity column -> label: the drops first, then the audit measures (analysis.external's columns)
-QUANTITIES = {
-    "auc_drop": "AUC drop", "set_auc": "external AUC", "bacc_drop": "bal.-acc. drop",
-    "lung_mass_above_uniform": "lung mass - uniform", "lung_focus_score": "focus score",
-    "pointing_game": "pointing game", "lungs_removed_acc": "acc. lungs removed", "lungs_only_acc": "acc. lungs only",
-    "source_auc": "source-probe AUC",
+#: quantities of a run on one external set (column -> label)
+DROP_QUANTITIES = {"auc_drop": "AUC drop", "set_auc": "external AUC", "bacc_drop": "bal.-acc. drop"}
+#: quantities of a run on its own test split, whatever set it is scored on: the audit measures
+#: (analysis.external's columns) and the test accuracy
+AUDIT_QUANTITIES = {
+    "test_accuracy": "test accuracy", "lung_mass_above_uniform": "lung mass - uniform",
+    "lung_focus_score": "focus score", "pointing_game": "pointing game", "lungs_removed_acc": "acc. lungs removed",
+    "lungs_only_acc": "acc. lungs only", "source_auc": "source-probe AUC",
 }
 #: fewest seed groups with at least two seeds each for a row
 MIN_GROUPS = 3
@@ -64,28 +66,37 @@ def _seed_rho(frame: pd.DataFrame, column: str) -> tuple[float, int]:
     return (float(np.mean(rhos)) if rhos else float("nan")), len(rhos)
 
 
-def seed_replication(drops: pd.DataFrame, groups: pd.DataFrame,
-                     quantities: dict[str, str] = QUANTITIES) -> pd.DataFrame:
-    """Per (external set, training dataset, quantity): COLUMNS, over the seed groups (`groups`:
-    analysis.seeds.seed_groups) that hold at least two seeds scored on the set. `drops` is
-    analysis.external.drop_table's frame (one row per run and external set). Empty where no
-    (set, dataset) has MIN_GROUPS such groups: one seed per model says nothing about seeds."""
+def _rows(part: pd.DataFrame, quantities: dict[str, str], **where) -> list[dict]:
+    rows = []
+    for column, label in quantities.items():
+        if column not in part:
+            continue
+        values = part.assign(_v=pd.to_numeric(part[column], errors="coerce")).dropna(subset=["_v"])
+        kept = [g["_v"].to_numpy() for _, g in values.groupby("seed_group", sort=True) if len(g) >= 2]
+        if len(kept) < MIN_GROUPS:
+            continue
+        icc, between, within = icc1(kept)
+        rho, pairs = _seed_rho(values, "_v")
+        rows.append({**where, "quantity": column, "label": label, "n_groups": len(kept),
+                     "n_runs": int(sum(len(k) for k in kept)), "between_sd": between, "within_sd": within,
+                     "icc": icc, "seed_rho": rho, "n_seed_pairs": pairs})
+    return rows
+
+
+def seed_replication(drops: pd.DataFrame, groups: pd.DataFrame, *, drop_quantities: dict[str, str] = DROP_QUANTITIES,
+                     audit_quantities: dict[str, str] = AUDIT_QUANTITIES) -> pd.DataFrame:
+    """COLUMNS over the seed groups (`groups`: analysis.seeds.seed_groups) that hold at least two
+    seeds: per (external set, training dataset) for each drop quantity, over the runs scored on the
+    set; then per training dataset (external_set '') for each audit quantity, over its runs of
+    `drops` (analysis.external.drop_table's frame, one row per run and external set). Empty where
+    nothing has MIN_GROUPS such groups: one seed per model says nothing about seeds."""
     if drops is None or drops.empty or groups is None or groups.empty:
         return pd.DataFrame(columns=COLUMNS)
     frame = drops.drop(columns=["seed", "seed_group"], errors="ignore").merge(
         groups[["run_id", "seed_group", "seed"]], on="run_id", how="inner")
     rows = []
     for (external_set, dataset), part in frame.groupby(["external_set", "dataset"], sort=True):
-        for column, label in quantities.items():
-            if column not in part:
-                continue
-            values = part.assign(value=pd.to_numeric(part[column], errors="coerce")).dropna(subset=["value"])
-            kept = [g["value"].to_numpy() for _, g in values.groupby("seed_group", sort=True) if len(g) >= 2]
-            if len(kept) < MIN_GROUPS:
-                continue
-            icc, between, within = icc1(kept)
-            rho, pairs = _seed_rho(values.rename(columns={"value": "_v"}), "_v")
-            rows.append({"external_set": external_set, "dataset": dataset, "quantity": column, "label": label,
-                         "n_groups": len(kept), "n_runs": int(sum(len(k) for k in kept)), "between_sd": between,
-                         "within_sd": within, "icc": icc, "seed_rho": rho, "n_seed_pairs": pairs})
+        rows += _rows(part, drop_quantities, external_set=external_set, dataset=dataset)
+    for dataset, part in frame.drop_duplicates("run_id").groupby("dataset", sort=True):
+        rows += _rows(part, audit_quantities, external_set="", dataset=dataset)
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -184,12 +184,14 @@ def _external_failure(inputs: Inputs, board: pd.DataFrame, method: str | None) -
         return (intro, Paragraph("No external set is scored with AUCs yet: an experiment's `external` sets (for "
                                  "example `external = [\"auto\", \"external-covid-normal\"]`) add them to every "
                                  "checkpoint whose classes include the set's."),)
-    drops = drops.assign(label=[tables.model_label(r) for r in drops.to_dict("records")])
-    corr = ext_analysis.correlations(drops)
+    groups = seeds.seed_groups(inputs.details)
+    drops = drops.assign(label=[tables.model_label(r) for r in drops.to_dict("records")]).merge(
+        groups[["run_id", "seed_group"]], on="run_id", how="left")
+    corr = ext_analysis.correlations(drops)  # seeds of one model resampled together (seed_group)
     within = ext_analysis.within_training_sets(drops)
     blocks = [intro, tables.external_drop_table(drops, method),
               tables.drop_correlation_table(corr, ext_analysis.FEW_RUNS_NOTE, within)]
-    repeat = replication.seed_replication(drops, seeds.seed_groups(inputs.details))
+    repeat = replication.seed_replication(drops, groups)
     if not repeat.empty:  # only with several seeds of the same models
         blocks.append(tables.seed_replication_table(repeat))
     for name, rows in drops.groupby("external_set", sort=True):

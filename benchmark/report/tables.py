@@ -194,8 +194,9 @@ def drop_correlation_table(corr: pd.DataFrame, few_runs_note: str, within: pd.Da
         "for signs of a shortcut (accuracy kept with the lungs removed, a recognisable source). The CAM sanity "
         "check says whether the maps can be trusted at all, not which way the drop goes.",
         "95% CI: percentiles of rho over resamples of the runs (with replacement; a resample in which either "
-        "variable is constant is skipped). Blank: too few runs, a measure the same for every run, or one not "
-        "measured (Note).",
+        "variable is constant is skipped); where a model was trained with several seeds, its runs are resampled "
+        "together (Note: the seed groups counted), since they are not independent trials. Blank: too few runs, a "
+        "measure the same for every run, or one not measured (Note).",
         "Within each training set: rho among the runs trained on one dataset (runs), where a set's runs come "
         "from several and one has at least 5. A pooled rho that no training set repeats ranks the training sets, "
         "not the models: a source probe, for one, describes the database a model learnt from."),
@@ -205,14 +206,16 @@ def drop_correlation_table(corr: pd.DataFrame, few_runs_note: str, within: pd.Da
 def seed_replication_table(replication: pd.DataFrame) -> Table:
     """Per external set and training dataset (analysis.replication.seed_replication): how much of the
     drop and of each audit measure lies between models rather than between seeds of one model."""
-    rows = [{"External set": r["external_set"], "Trained on": r["dataset"], "Quantity": r["label"],
+    rows = [{"External set": r["external_set"] or "(own test split)", "Trained on": r["dataset"],
+             "Quantity": r["label"],
              "Models (runs)": f"{count(r['n_groups'])} ({count(r['n_runs'])})",
              "SD between models": num(r["between_sd"]), "SD between seeds": num(r["within_sd"]),
              "ICC(1)": num(r["icc"], 2), "Seed-vs-seed rho": num(r["seed_rho"], 2),
              "Seed pairs": count(r["n_seed_pairs"])}
             for r in _records(replication)]
     return Table("Table 6b. Does a model's external drop repeat when it is trained again?", pd.DataFrame(rows), notes=(
-        "Over the models trained with two or more seeds on one dataset and scored on one external set. SD between "
+        "Over the models trained with two or more seeds on one dataset: the drops per external set (the runs "
+        "scored on it), then the audit measures and the test accuracy on the runs' own test split. SD between "
         "models: of the models' means over seeds; SD between seeds: pooled over the models. ICC(1): the share of "
         "the variance that lies between models (one-way random effects; near 0 or below: the differences between "
         "models are those between seeds). Seed-vs-seed rho: Spearman's rho between two seeds' values over the "
