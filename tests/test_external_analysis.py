@@ -240,7 +240,13 @@ def test_within_training_sets_exposes_a_rho_that_only_ranks_the_training_sets():
     assert source.rho > 0.7 and source.verdict == "as expected"  # pooled: the warning seems to work
     within = ex.within_training_sets(drops).set_index(["measure", "drop"])
     row = within.loc[("source_auc", "auc_drop")]
-    assert row.within == "a -1.00 (6); b -1.00 (6); c -1.00 (6)" and row.n_training_sets == 3  # d: too few
+    # perfectly ranked inside each set: every resample gives -1 too
+    assert row.within == "a -1.00 [-1.00, -1.00] (6); b -1.00 [-1.00, -1.00] (6); c -1.00 [-1.00, -1.00] (6)"
+    assert row.n_training_sets == 3  # d: too few runs
+    # the six runs of a set as three models of two seeds each: too few groups for a CI, the rho stays
+    paired = drops.assign(seed_group=drops.run_id.str[0] + (drops.run_id.str[1:].astype(int) // 2).astype(str))
+    row = ex.within_training_sets(paired).set_index(["measure", "drop"]).loc[("source_auc", "auc_drop")]
+    assert row.within == "a -1.00 (6); b -1.00 (6); c -1.00 (6)"
     assert within.loc[("lung_mass_above_uniform", "auc_drop")].within == ""  # the same in every run
     one_set = drops[drops.dataset == "a"]
     assert (ex.within_training_sets(one_set).within == "").all()  # one training set: the pooled rho is it

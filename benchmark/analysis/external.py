@@ -188,15 +188,16 @@ WITHIN_COLUMNS = ["external_set", "measure", "drop", "within", "n_training_sets"
 
 
 def within_training_sets(drops: pd.DataFrame, *, measures: tuple[Measure, ...] = AUDIT_MEASURES,
-                         targets: dict[str, str] = DROPS, min_runs: int = WITHIN_MIN_RUNS) -> pd.DataFrame:
+                         targets: dict[str, str] = DROPS, min_runs: int = WITHIN_MIN_RUNS, n_boot: int = N_BOOT,
+                         seed: int = 0, cluster: str = "seed_group") -> pd.DataFrame:
     """Per (external set, measure, drop): Spearman's rho among the runs of each training set
-    (drop_table's `dataset`) that has at least `min_runs` of them, in words ("cohen-nih -0.77 (9);
-    ..."), and how many training sets it covers. Across runs of several training sets a measure can
+    (drop_table's `dataset`) that has at least `min_runs` of them, with its 95% bootstrap CI where
+    there is one (a model's seeds resampled together where `cluster` groups them, as in
+    `correlations`), in words ("cohen-nih -0.77 [-0.95, -0.30] (9); ..."), and how many training
+    sets it covers. Across runs of several training sets a measure can
     rank the sets rather than the models (a source probe describes the database a model learnt
     from): a pooled rho that no training set repeats is the sets', not the models'. Blank where the
     set's runs come from one training set, or none has `min_runs`."""
-    from scipy.stats import spearmanr
-
     if drops is None or drops.empty:
         return pd.DataFrame(columns=WITHIN_COLUMNS)
     rows = []
@@ -213,8 +214,10 @@ def within_training_sets(drops: pd.DataFrame, *, measures: tuple[Measure, ...] =
                     both = x.notna() & y.notna()
                     if both.sum() < min_runs or x[both].nunique() < 2 or y[both].nunique() < 2:
                         continue
-                    rho = float(spearmanr(x[both], y[both]).statistic)
-                    parts.append(f"{dataset} {rho:+.2f} ({int(both.sum())})")
+                    r = spearman_ci(x.to_numpy(), y.to_numpy(), n_boot=n_boot, seed=seed,
+                                    clusters=runs[cluster].to_numpy() if cluster in runs else None)
+                    ci = f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if np.isfinite(r.ci_low) else ""
+                    parts.append(f"{dataset} {r.rho:+.2f}{ci} ({r.n})")
                 rows.append({"external_set": external_set, "measure": m.column, "drop": drop,
                              "within": "; ".join(parts), "n_training_sets": len(parts)})
     return pd.DataFrame(rows, columns=WITHIN_COLUMNS)

@@ -197,9 +197,9 @@ def drop_correlation_table(corr: pd.DataFrame, few_runs_note: str, within: pd.Da
         "variable is constant is skipped); where a model was trained with several seeds, its runs are resampled "
         "together (Note: the seed groups counted), since they are not independent trials. Blank: too few runs, a "
         "measure the same for every run, or one not measured (Note).",
-        "Within each training set: rho among the runs trained on one dataset (runs), where a set's runs come "
-        "from several and one has at least 5. A pooled rho that no training set repeats ranks the training sets, "
-        "not the models: a source probe, for one, describes the database a model learnt from."),
+        "Within each training set: rho [95% CI, as above] among the runs trained on one dataset (runs), where a "
+        "set's runs come from several and one has at least 5. A pooled rho that no training set repeats ranks the "
+        "training sets, not the models: a source probe, for one, describes the database a model learnt from."),
         empty_text="No run has an external AUC stored.")
 
 
