@@ -338,3 +338,19 @@ def test_probe_table_compares_external_lungs_probes_with_their_own_intact(extern
     test_acc = summary.set_index("run_id").at["phantom-shortcut-resnet18", "accuracy"]
     assert rows.at[f"external:{SET}", "reference"] == pytest.approx(test_acc)
     assert rows.at["lungs_removed", "reference"] == pytest.approx(rows.at["intact", "accuracy"])
+
+
+def test_test_accuracy_is_the_baseline_every_audit_measure_is_read_against():
+    """Models weaker at home fail more elsewhere: Table 6 gives test accuracy's own rho (expected
+    negative), so a measure that ranks the drops no better than accuracy is seen to add nothing."""
+    rows, audit = [], []
+    for i in range(8):
+        drop = 0.5 - 0.05 * i
+        rows.append({"run_id": f"r{i}", "external_set": SET, "internal_set_auc": 0.95, "set_auc": 0.95 - drop,
+                     "internal_balanced_accuracy": 0.9, "balanced_accuracy": 0.9 - drop})
+        audit.append({"run_id": f"r{i}", "dataset": "d", "model": f"m{i}", "accuracy": 0.7 + 0.03 * i,
+                      "lung_mass": 0.5, "uniform_baseline": 0.3})
+    corr = ex.correlations(ex.drop_table(_long(rows), pd.DataFrame(audit)), n_boot=200)
+    base = corr[(corr.measure == "test_accuracy") & (corr["drop"] == "auc_drop")].iloc[0]
+    assert base.measure_label == "test accuracy (baseline)" and base.expected_sign == -1
+    assert base.rho == pytest.approx(-1.0) and base.verdict == "as expected" and base.n_runs == 8

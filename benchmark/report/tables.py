@@ -192,7 +192,9 @@ def drop_correlation_table(corr: pd.DataFrame, few_runs_note: str, within: pd.Da
         "Expected sign: negative for measures of lung reliance (lung mass, focus score, pointing game, accuracy "
         "from the lungs alone): the more a model reads the lungs, the less it should lose elsewhere; positive "
         "for signs of a shortcut (accuracy kept with the lungs removed, a recognisable source). The CAM sanity "
-        "check says whether the maps can be trusted at all, not which way the drop goes.",
+        "check says whether the maps can be trusted at all, not which way the drop goes. Test accuracy is no audit "
+        "measure but the baseline: the models weaker at home may simply fail more elsewhere, and an audit measure "
+        "tells more than accuracy only where it ranks the drops better.",
         "95% CI: percentiles of rho over resamples of the runs (with replacement; a resample in which either "
         "variable is constant is skipped); where a model was trained with several seeds, its runs are resampled "
         "together (Note: the seed groups counted), since they are not independent trials. Blank: too few runs, a "
