@@ -177,8 +177,8 @@ def display_image(path: str | None, key: str | None, source: str | None, max_sid
 def mean_map_picture(mean_map: bytes, lung_map: bytes, grid: int, side: int) -> bytes:
     """JPEG of a stored class-mean or cluster map (its BLOBs, keyed by their bytes) on grey with
     its images' mean lung outline: drawn once, not on every rerun of the Patterns page."""
-    return render.picture(render.mean_map_picture(views.grid_map(mean_map, grid), views.grid_map(lung_map, grid),
-                                                  side))
+    return render.picture(render.mean_map_picture(queries.grid_array(mean_map, grid),
+                                                  queries.grid_array(lung_map, grid), side))
 
 
 @st.cache_data(max_entries=512, show_spinner=False)

@@ -248,13 +248,6 @@ def window(n: int, position: int, size: int) -> slice:
     return slice(start, min(n, start + size))
 
 
-def grid_map(blob, grid: int) -> np.ndarray:
-    """A stored class-mean, cluster or lung map as a grid x grid array."""
-    from benchmark.store.queries import grid_array
-
-    return grid_array(blob, grid)
-
-
 def share_line(row) -> str:
     """'lungs 0.52 (uniform 0.31) · border 0.20 (0.41) · corners 0.04 (0.06)' for a class-mean row;
     a cluster row (no areas) gets the shares alone."""

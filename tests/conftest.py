@@ -26,9 +26,10 @@ def torch_threads() -> int:
     return max(1, min(2, (os.cpu_count() or 1) // max(1, workers)))
 
 
-torch.set_num_threads(torch_threads())
+THREADS = torch_threads()
+torch.set_num_threads(THREADS)
 if "PYTEST_XDIST_WORKER" in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(torch_threads())
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 pytest_plugins = ["pytester"]  # tests/test_ci_prerequisites.py runs small sessions of its own
 

@@ -22,15 +22,13 @@ import itertools
 import numpy as np
 import pandas as pd
 
+from benchmark.analysis.external import AUDIT_MEASURES
+
 #: quantities of a run on one external set (column -> label)
 DROP_QUANTITIES = {"auc_drop": "AUC drop", "set_auc": "external AUC", "bacc_drop": "bal.-acc. drop"}
-#: quantities of a run on its own test split, whatever set it is scored on: the audit measures
-#: (analysis.external's columns) and the test accuracy
-AUDIT_QUANTITIES = {
-    "test_accuracy": "test accuracy", "lung_mass_above_uniform": "lung mass - uniform",
-    "lung_focus_score": "focus score", "pointing_game": "pointing game", "lungs_removed_acc": "acc. lungs removed",
-    "lungs_only_acc": "acc. lungs only", "source_auc": "source-probe AUC",
-}
+#: quantities of a run on its own test split, whatever set it is scored on: Table 6's measures (the
+#: test-accuracy baseline among them), less the CAM sanity check (a property of the maps' method)
+AUDIT_QUANTITIES = {m.column: m.label for m in AUDIT_MEASURES if m.column != "sanity_rank_corr"}
 #: fewest seed groups with at least two seeds each for a row
 MIN_GROUPS = 3
 COLUMNS = ["external_set", "dataset", "quantity", "label", "n_groups", "n_runs", "between_sd", "within_sd", "icc",

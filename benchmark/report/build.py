@@ -154,7 +154,7 @@ def compose(db: Path, inputs: Inputs, *, n_boot: int = ROC_BOOT) -> Report:
             patterns.cluster_table(inputs.clusters, method),
             *patterns.class_map_figures(inputs.class_maps, dict(zip(board.run_id, board.accuracy)), method))),
         Section("External validation", (tables.external_table(_order_like(external, grouped)),)),
-        Section("Does the audit predict external failure?", _external_failure(inputs, board, method)),
+        Section("Does the audit predict external failure?", _external_failure(inputs, board, method, groups)),
         Section("Shortcut evidence beyond CAMs", (
             Paragraph("Two checks that do not rest on where the maps lie. The source probe asks whether the source "
                       "database can be recognised at all (if it can, a source shortcut is available to every "
@@ -170,7 +170,7 @@ def compose(db: Path, inputs: Inputs, *, n_boot: int = ROC_BOOT) -> Report:
     return Report(TITLE, header, sections)
 
 
-def _external_failure(inputs: Inputs, board: pd.DataFrame, method: str | None) -> tuple:
+def _external_failure(inputs: Inputs, board: pd.DataFrame, method: str | None, groups: pd.DataFrame) -> tuple:
     """Per run, the drop on each external set beside its audit (Table 5); across runs, each audit
     measure's rank correlation with the drop (Table 6); one figure per set, each measure against the
     AUC drop. Runs, not seed groups: each run is one point of the correlation."""
@@ -184,7 +184,6 @@ def _external_failure(inputs: Inputs, board: pd.DataFrame, method: str | None) -
         return (intro, Paragraph("No external set is scored with AUCs yet: an experiment's `external` sets (for "
                                  "example `external = [\"auto\", \"external-covid-normal\"]`) add them to every "
                                  "checkpoint whose classes include the set's."),)
-    groups = seeds.seed_groups(inputs.details)
     drops = drops.assign(label=[tables.model_label(r) for r in drops.to_dict("records")]).merge(
         groups[["run_id", "seed_group"]], on="run_id", how="left")
     corr = ext_analysis.correlations(drops)  # seeds of one model resampled together (seed_group)
